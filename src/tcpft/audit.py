@@ -1,0 +1,55 @@
+"""The audit trail: one line per login and per transfer, never a password.
+
+Lines go to the ``tcpft.audit`` logger as ``key=value`` pairs with values quoted when
+they hold anything unusual, e.g.::
+
+    login failed user="bob" addr=203.0.113.7
+    transfer get user=alice addr=127.0.0.1 path="a.iso" bytes=1048576 sha256=ab12.. result=ok
+
+A fail2ban filter matches ``login failed .* addr=<HOST>``. With a JSON path set, the
+same events are also appended there as JSON lines.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+from .names import printable
+
+logger = logging.getLogger("tcpft.audit")
+
+_PLAIN = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-:@/")
+
+
+def _value(v: object) -> str:
+    text = str(v)
+    if text and all(ch in _PLAIN for ch in text):
+        return text
+    return '"' + printable(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class Audit:
+    """Writes audit events to the log and, optionally, to a JSON-lines file."""
+
+    def __init__(self, json_path: Path | None = None) -> None:
+        self._json = json_path.open("a", encoding="utf-8") if json_path else None
+        self._lock = threading.Lock()
+
+    def event(self, kind: str, **fields: object) -> None:
+        """Record one event; ``kind`` is e.g. ``"login ok"`` or ``"transfer get"``."""
+        line = " ".join([kind, *(f"{k}={_value(v)}" for k, v in fields.items())])
+        logger.info("%s", line)
+        if self._json is not None:
+            record = {"time": time.time(), "event": kind, **fields}
+            with self._lock:
+                self._json.write(json.dumps(record, default=str) + "\n")
+                self._json.flush()
+
+    def close(self) -> None:
+        if self._json is not None:
+            self._json.close()
+            self._json = None

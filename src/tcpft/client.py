@@ -1,0 +1,624 @@
+"""The client library: a blocking driver around the protocol core, and an asyncio form.
+
+::
+
+    with tcpft.connect(host, port, user="alice", password=pw) as s:
+        s.list()
+        s.download("big.iso", "downloads/", resume=True)
+
+Received files are written to ``NAME.tcpft-part`` beside the destination and renamed
+only after the size and SHA-256 match, so a cut or bad transfer never leaves a file
+under the final name. Socket, TLS and OS errors become :mod:`tcpft.errors` here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import __version__
+from .config import DEFAULT_PORT, default_client_dir
+from .errors import (
+    AlreadyExists,
+    ConnectError,
+    ConnectionBroken,
+    FileChanged,
+    FingerprintMismatch,
+    IntegrityError,
+    InvalidName,
+    LocalFileError,
+    RemoteProtocolError,
+    TcpftError,
+    TimeoutExpired,
+    TLSVerifyError,
+    UnsupportedVersion,
+    error_from_wire,
+    is_fatal,
+)
+from .integrity import align_down, scan_prefix
+from .limits import MAX_DATA_PAYLOAD
+from .messages import (
+    PROTOCOL_VERSION,
+    Ack,
+    Bye,
+    Cancel,
+    Data,
+    Done,
+    Entry,
+    Error,
+    FileHeader,
+    Get,
+    Hello,
+    ListEnd,
+    ListEntries,
+    ListRequest,
+    Login,
+    LoginOk,
+    Message,
+    Put,
+    PutReady,
+    Welcome,
+)
+from .names import PARTIAL_SUFFIX, printable, split_path
+from .pacing import Pacer
+from .protocol import CLOSED, NEED_DATA, Connection, Role, State
+from .tls import KnownHosts, client_context, fingerprint, host_key, parse_fingerprint
+
+SOFTWARE = f"tcpft/{__version__}"
+_RECV_SIZE = MAX_DATA_PAYLOAD + 64
+_CHUNK = MAX_DATA_PAYLOAD
+
+#: Called with (bytes of the file now present, total size) as a transfer advances.
+Progress = Callable[[int, int], None]
+
+#: Asked whether to trust a server seen for the first time: (host:port, fingerprint).
+TrustNew = Callable[[str, str], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class TransferResult:
+    """What a finished download or upload did."""
+
+    remote: str
+    local: Path
+    size: int
+    transferred: int  # bytes that crossed the network
+    resumed_from: int
+    sha256: str
+    seconds: float
+
+
+def known_hosts_path() -> Path:
+    """The default known-hosts file."""
+    return default_client_dir() / "known_hosts"
+
+
+@contextlib.contextmanager
+def _network(what: str) -> Iterator[None]:
+    """Translate socket and TLS errors into our tree, once."""
+    try:
+        yield
+    except TcpftError:
+        raise
+    except TimeoutError:
+        raise TimeoutExpired(f"timed out while {what}") from None
+    except ssl.SSLError as exc:
+        raise ConnectionBroken(f"TLS failure while {what}: {exc.reason or exc}") from None
+    except OSError as exc:
+        raise ConnectionBroken(f"connection lost while {what}: {exc.strerror or exc}") from None
+
+
+@contextlib.contextmanager
+def _local(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except TcpftError:
+        raise
+    except OSError as exc:
+        if exc.errno in (28, 122):  # ENOSPC, EDQUOT
+            raise LocalFileError(f"no space left on the device for {path}") from None
+        raise LocalFileError(f"{path}: {exc.strerror or exc}") from None
+
+
+def connect(
+    host: str,
+    port: int = DEFAULT_PORT,
+    *,
+    user: str,
+    password: str,
+    plaintext: bool = False,
+    fingerprint: str | None = None,
+    cafile: Path | str | None = None,
+    known_hosts: Path | str | None = None,
+    trust_new: bool | TrustNew = True,
+    timeout: float = 30.0,
+    limit_rate: int | None = None,
+) -> Session:
+    """Connect, verify the server, log in, and return a :class:`Session`.
+
+    The server is verified before the password is sent: by ``cafile`` (a CA bundle),
+    or by ``fingerprint`` (``SHA256:...``), or against the known-hosts file, where an
+    unknown server is pinned when ``trust_new`` is True (or returns True).
+
+    Raises:
+        ConnectError: the server cannot be reached (ConnectionBroken, TimeoutExpired).
+        TLSVerifyError: the server's identity is not trusted (FingerprintMismatch).
+        AuthFailed: the credentials were refused.
+        UsageError: a bad argument (fingerprint, cafile).
+    """
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except TimeoutError:
+        raise TimeoutExpired(f"timed out connecting to {host}:{port}") from None
+    except OSError as exc:
+        raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server_fp = None
+        if not plaintext:
+            sock, server_fp = _start_tls(
+                sock, host, port, fingerprint, cafile, known_hosts, trust_new
+            )
+        session = Session(sock, host, port, server_fp, limit_rate)
+        session._login(user, password)
+    except BaseException:
+        sock.close()
+        raise
+    return session
+
+
+def _start_tls(
+    sock: socket.socket,
+    host: str,
+    port: int,
+    pinned: str | None,
+    cafile: Path | str | None,
+    known_hosts: Path | str | None,
+    trust_new: bool | TrustNew,
+) -> tuple[socket.socket, str]:
+    ctx = client_context(Path(cafile) if cafile else None)
+    try:
+        tls = ctx.wrap_socket(
+            sock, server_hostname=host if cafile else None, suppress_ragged_eofs=False
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSVerifyError(
+            f"{host}:{port}: certificate not trusted: {exc.verify_message}"
+        ) from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ConnectError(
+            f"TLS handshake with {host}:{port} failed ({exc}); "
+            "is the server running with --plaintext?"
+        ) from None
+    der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    fp = fingerprint(der)
+    if cafile:
+        return tls, fp
+    if pinned is not None:
+        if parse_fingerprint(pinned) != fp:
+            tls.close()
+            raise FingerprintMismatch(
+                f"{host}:{port} presented {fp}, not the expected {parse_fingerprint(pinned)}"
+            )
+        return tls, fp
+    hosts = KnownHosts(Path(known_hosts) if known_hosts else known_hosts_path())
+    try:
+        if not hosts.check(host, port, fp):
+            label = host_key(host, port)
+            accept = trust_new(label, fp) if callable(trust_new) else trust_new
+            if not accept:
+                raise TLSVerifyError(f"{label} is not a known host (fingerprint {fp})")
+            hosts.add(host, port, fp)
+    except BaseException:
+        tls.close()
+        raise
+    return tls, fp
+
+
+class Session:
+    """A logged-in connection. Not thread-safe: one request at a time."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        host: str,
+        port: int,
+        server_fingerprint: str | None,
+        limit_rate: int | None = None,
+    ) -> None:
+        self.sock = sock
+        self.host = host
+        self.port = port
+        self.server_fingerprint = server_fingerprint
+        self.conn = Connection(Role.CLIENT)
+        self.user = ""
+        self.can_write = False
+        self.server_software = ""
+        self.listing: list[Entry] = []
+        self._pacer = Pacer(limit_rate) if limit_rate else None
+        self._closed = False
+
+    # --- wire helpers --------------------------------------------------------------
+
+    def _send(self, msg: Message) -> None:
+        data = self.conn.send(msg)
+        with _network("sending"):
+            self.sock.sendall(data)
+
+    def _next(self, *, raise_errors: bool = True) -> Message:
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                with _network("receiving"):
+                    data = self.sock.recv(_RECV_SIZE)
+                self.conn.receive_data(data)
+                continue
+            if event is CLOSED:
+                raise ConnectionBroken("the server closed the connection")
+            assert isinstance(event, Message)
+            if isinstance(event, Error) and raise_errors:
+                raise error_from_wire(event.code, event.text)
+            return event
+
+    def _read_listing(self) -> list[Entry]:
+        entries: list[Entry] = []
+        while True:
+            msg = self._next()
+            if isinstance(msg, ListEnd):
+                return entries
+            assert isinstance(msg, ListEntries)
+            entries.extend(msg.entries)
+
+    def _login(self, user: str, password: str) -> None:
+        self._send(Hello(PROTOCOL_VERSION, SOFTWARE))
+        welcome = self._next()
+        assert isinstance(welcome, Welcome)
+        if welcome.version != PROTOCOL_VERSION:
+            raise UnsupportedVersion(f"server chose protocol version {welcome.version}")
+        self.server_software = printable(welcome.software)
+        self._send(Login(user, password))
+        ok = self._next()
+        assert isinstance(ok, LoginOk)
+        self.user, self.can_write = ok.user, ok.can_write
+        self.listing = self._read_listing()
+
+    # --- requests ------------------------------------------------------------------
+
+    def list(self, path: str = "", *, recursive: bool = False) -> list[Entry]:
+        """List a directory of the server ("" is the root).
+
+        Raises:
+            InvalidName: no such directory. ConnectError, ProtocolError: as usual.
+        """
+        self._send(ListRequest(path, recursive))
+        return self._read_listing()
+
+    def download(
+        self,
+        remote: str,
+        dest: Path | str | None = None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        """Download ``remote`` to ``dest`` (a file path, or an existing directory).
+
+        With ``resume``, a partial file left by an earlier attempt is verified against
+        the server's file and only the missing bytes are fetched.
+
+        Raises:
+            InvalidName: the server cannot serve that name (``exc.listing`` holds the
+                listing it sent again).
+            AlreadyExists: the destination exists and ``force`` is False.
+            IntegrityError: size or SHA-256 mismatch (FileChanged: changed on the server).
+            LocalFileError: the destination cannot be written.
+            ConnectError: the connection failed; the partial file stays for a resume.
+        """
+        parts = split_path(remote)
+        target = Path(dest) if dest is not None else Path(parts[-1])
+        if target.is_dir():
+            target = target / parts[-1]
+        return self._download_to(remote, target, force=force, resume=resume, progress=progress)
+
+    def _download_to(
+        self, remote: str, target: Path, *, force: bool, resume: bool, progress: Progress | None
+    ) -> TransferResult:
+        if not force and os.path.lexists(target):
+            raise AlreadyExists(f"{target} exists (use --force to overwrite)")
+        partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        started = time.monotonic()
+        with _local(partial):
+            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        keep: bool | None = True
+        try:
+            offset, digest, hasher = 0, b"", hashlib.sha256()
+            if resume:
+                with _local(partial):
+                    aligned = align_down(os.fstat(fd).st_size)
+                    if aligned:
+                        scan = scan_prefix(fd, aligned)
+                        offset, digest, hasher = aligned, scan.digest, scan.whole
+            self._send(Get(remote, offset, digest))
+            reply = self._next(raise_errors=False)
+            if isinstance(reply, Error):
+                keep = False
+                raise self._request_error(reply)
+            assert isinstance(reply, FileHeader)
+            if reply.offset != offset:
+                hasher = hashlib.sha256()
+            with _local(partial):
+                os.ftruncate(fd, reply.offset)
+                os.lseek(fd, reply.offset, os.SEEK_SET)
+            pos = self._receive_file(fd, partial, reply, hasher, progress)
+            done = self._next(raise_errors=False)
+            if isinstance(done, Error):
+                keep = False
+                raise error_from_wire(done.code, done.text)
+            assert isinstance(done, Done)
+            if hasher.digest() != done.sha256:
+                keep = False
+                self._send(Ack(False))
+                raise IntegrityError(f"SHA-256 of {printable(remote)} does not match; discarded")
+            with _local(target):
+                os.utime(fd, ns=(reply.mtime_ns, reply.mtime_ns))
+                os.fsync(fd)
+                _publish(partial, target, force=force)
+            keep = None  # published: nothing left to keep or remove
+            self._send(Ack(True))
+            return TransferResult(
+                remote, target, reply.size, pos - reply.offset, reply.offset,
+                done.sha256.hex(), time.monotonic() - started,
+            )  # fmt: skip
+        finally:
+            os.close(fd)
+            if keep is False:
+                with contextlib.suppress(OSError):
+                    os.unlink(partial)
+
+    def _receive_file(
+        self, fd: int, path: Path, header: FileHeader, hasher: Any, progress: Progress | None
+    ) -> int:
+        pos, size = header.offset, header.size
+        if progress:
+            progress(pos, size)
+        while pos < size:
+            msg = self._next(raise_errors=False)
+            if not isinstance(msg, Data):
+                if isinstance(msg, Error):
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                    raise error_from_wire(msg.code, msg.text)
+                raise RemoteProtocolError(f"unexpected {type(msg).__name__} during a download")
+            data = msg.data
+            with _local(path):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            hasher.update(data)
+            pos += len(data)
+            if progress:
+                progress(pos, size)
+        return pos
+
+    def _request_error(self, err: Error) -> TcpftError:
+        exc = error_from_wire(err.code, err.text)
+        if isinstance(exc, InvalidName) and self.conn.state is State.LISTING:
+            exc.listing = self._read_listing()  # type: ignore[attr-defined]
+        return exc
+
+    def upload(
+        self,
+        local: Path | str,
+        remote: str | None = None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        progress: Progress | None = None,
+    ) -> TransferResult:
+        """Upload the local file ``local`` to ``remote`` (default: its base name).
+
+        Raises:
+            PermissionDenied: the account is read-only.
+            AlreadyExists: the remote file exists and ``force`` is False.
+            TooLarge, NoSpace: the server will not take the file.
+            IntegrityError: the server's digest check failed.
+            LocalFileError: ``local`` cannot be read (FileChanged: it changed meanwhile).
+        """
+        path = Path(local)
+        remote = remote if remote is not None else path.name
+        split_path(remote)
+        started = time.monotonic()
+        with _local(path):
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with _local(path):
+                st = os.fstat(fd)
+            if not os.path.isfile(path):
+                raise LocalFileError(f"{path} is not a regular file")
+            return self._upload_fd(fd, path, remote, st, force, resume, progress, started)
+        finally:
+            os.close(fd)
+
+    def _upload_fd(
+        self,
+        fd: int,
+        path: Path,
+        remote: str,
+        st: os.stat_result,
+        force: bool,
+        resume: bool,
+        progress: Progress | None,
+        started: float,
+    ) -> TransferResult:
+        self._send(Put(remote, st.st_size, st.st_mtime_ns, force, resume))
+        ready = self._next()
+        assert isinstance(ready, PutReady)
+        hasher: Any = hashlib.sha256()
+        if ready.offset:
+            with _local(path):
+                scan = scan_prefix(fd, ready.offset)
+            if scan.digest != ready.prefix_digest:
+                self._send(Cancel())
+                return self._upload_fd(fd, path, remote, st, force, False, progress, started)
+            hasher = scan.whole
+        pos = self._send_file(fd, path, ready.offset, st.st_size, hasher, progress)
+        now = os.fstat(fd)
+        if pos != st.st_size or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
+            self._send(Cancel())
+            raise FileChanged(f"{path} changed while it was being sent")
+        digest = hasher.digest()
+        self._send(Done(digest))
+        ack = self._next()
+        assert isinstance(ack, Ack)
+        return TransferResult(
+            remote, path, st.st_size, pos - ready.offset, ready.offset, digest.hex(),
+            time.monotonic() - started,
+        )  # fmt: skip
+
+    def _send_file(
+        self, fd: int, path: Path, start: int, size: int, hasher: Any, progress: Progress | None
+    ) -> int:
+        pos = start
+        if progress:
+            progress(pos, size)
+        while pos < size:
+            with _local(path):
+                chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+            if not chunk:
+                break
+            hasher.update(chunk)
+            header = self.conn.send_data_header(len(chunk))
+            with _network("sending"):
+                self.sock.sendall(header)
+                self.sock.sendall(chunk)
+            pos += len(chunk)
+            if progress:
+                progress(pos, size)
+            self._check_refusal()
+            if self._pacer is not None:
+                time.sleep(self._pacer.delay(len(chunk)))
+        return pos
+
+    def _check_refusal(self) -> None:
+        """If the server refused the upload mid-way, stop at once with its reason."""
+        readable = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+        if not readable:
+            readable = bool(select.select([self.sock], [], [], 0)[0])
+        if readable:
+            msg = self._next(raise_errors=False)
+            if isinstance(msg, Error):
+                if not is_fatal(msg.code):
+                    self._send(Cancel())
+                raise error_from_wire(msg.code, msg.text)
+            raise RemoteProtocolError(f"unexpected {type(msg).__name__} during an upload")
+
+    # --- closing -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Say goodbye (when between requests) and close the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.conn.state is State.READY:
+                self._send(Bye())
+                self.sock.settimeout(2.0)
+                if isinstance(self.sock, ssl.SSLSocket):
+                    self.sock.unwrap()
+        except (TcpftError, OSError, ValueError):
+            pass
+        finally:
+            self.sock.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _publish(partial: Path, target: Path, *, force: bool) -> None:
+    """Move a verified partial file to its final name (never over a file unless forced)."""
+    if force:
+        os.replace(partial, target)
+        return
+    try:
+        os.link(partial, target)
+    except FileExistsError:
+        raise AlreadyExists(f"{target} appeared meanwhile; kept {partial}") from None
+    os.unlink(partial)
+
+
+# --- asyncio form ---------------------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class AsyncSession:
+    """The asyncio form of :class:`Session`: each call runs in a worker thread."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._lock = asyncio.Lock()
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @property
+    def listing(self) -> list[Entry]:
+        return self.session.listing
+
+    async def list(self, path: str = "", *, recursive: bool = False) -> list[Entry]:
+        """See :meth:`Session.list`."""
+        return await self._call(self.session.list, path, recursive=recursive)
+
+    async def download(
+        self, remote: str, dest: Path | str | None = None, **kw: Any
+    ) -> TransferResult:
+        """See :meth:`Session.download`."""
+        return await self._call(self.session.download, remote, dest, **kw)
+
+    async def upload(
+        self, local: Path | str, remote: str | None = None, **kw: Any
+    ) -> TransferResult:
+        """See :meth:`Session.upload`."""
+        return await self._call(self.session.upload, local, remote, **kw)
+
+    async def close(self) -> None:
+        await self._call(self.session.close)
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def aconnect(host: str, port: int = DEFAULT_PORT, **kwargs: Any) -> AsyncSession:
+    """The asyncio form of :func:`connect` (same arguments); returns an AsyncSession."""
+    session = await asyncio.to_thread(connect, host, port, **kwargs)
+    return AsyncSession(session)
+
+
+__all__ = [
+    "AsyncSession",
+    "Progress",
+    "Session",
+    "TransferResult",
+    "aconnect",
+    "connect",
+    "known_hosts_path",
+]

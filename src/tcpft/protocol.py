@@ -1,0 +1,319 @@
+"""The sans-I/O protocol core: one conversation state machine, used by both roles.
+
+A :class:`Connection` never touches a socket. The driver hands it received bytes
+(:meth:`Connection.receive_data`) and takes typed messages out
+(:meth:`Connection.next_event`); to send, it asks :meth:`Connection.send` for the bytes
+of a message and writes them itself. Both sides track the same conversation state;
+every transition is one row of :data:`TRANSITIONS`, and docs/PROTOCOL.md's state table
+is that table. A message that has no row for the current state is a protocol error:
+:class:`~tcpft.errors.LocalProtocolError` when we try to send it,
+:class:`~tcpft.errors.RemoteProtocolError` when the peer did.
+
+The core also counts file bytes: after FILE (or PUT_READY) exactly ``size - offset``
+bytes of DATA must come before DONE.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from .errors import (
+    ConnectionBroken,
+    ErrorCode,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    is_fatal,
+)
+from .frames import FrameDecoder, frame_header
+from .limits import MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, MAX_PRELOGIN_PAYLOAD
+from .messages import (
+    Ack,
+    Bye,
+    Cancel,
+    Data,
+    Done,
+    Error,
+    FileHeader,
+    Get,
+    Hello,
+    ListEnd,
+    ListEntries,
+    ListRequest,
+    Login,
+    LoginOk,
+    Message,
+    Put,
+    PutReady,
+    Welcome,
+    decode_message,
+)
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+    @property
+    def peer(self) -> Role:
+        return Role.SERVER if self is Role.CLIENT else Role.CLIENT
+
+
+class State(enum.Enum):
+    """States of the conversation. The comment names who speaks next."""
+
+    HELLO = "HELLO"  # client sends HELLO
+    WELCOME = "WELCOME"  # server sends WELCOME
+    AUTH = "AUTH"  # client sends LOGIN
+    AUTH_WAIT = "AUTH_WAIT"  # server judges the LOGIN
+    LISTING = "LISTING"  # server sends LIST_ENTRIES... LIST_END
+    READY = "READY"  # client sends a request or BYE (or closes)
+    GET_WAIT = "GET_WAIT"  # server answers a GET
+    DOWNLOADING = "DOWNLOADING"  # server sends DATA... DONE
+    DOWNLOAD_ACK = "DOWNLOAD_ACK"  # client sends ACK
+    PUT_WAIT = "PUT_WAIT"  # server answers a PUT
+    UPLOADING = "UPLOADING"  # client sends DATA... DONE (or CANCEL)
+    UPLOAD_REFUSED = "UPLOAD_REFUSED"  # server gave up; client ends with DONE or CANCEL
+    UPLOAD_ACK = "UPLOAD_ACK"  # server sends ACK
+    CLOSED = "CLOSED"  # nothing more may be sent
+
+
+C, S = Role.CLIENT, Role.SERVER
+
+#: (state, sender, message type) -> next state. ERROR is handled apart (see ERROR_NEXT).
+TRANSITIONS: Final[dict[tuple[State, Role, type[Message]], State]] = {
+    (State.HELLO, C, Hello): State.WELCOME,
+    (State.WELCOME, S, Welcome): State.AUTH,
+    (State.AUTH, C, Login): State.AUTH_WAIT,
+    (State.AUTH_WAIT, S, LoginOk): State.LISTING,
+    (State.LISTING, S, ListEntries): State.LISTING,
+    (State.LISTING, S, ListEnd): State.READY,
+    (State.READY, C, ListRequest): State.LISTING,
+    (State.READY, C, Get): State.GET_WAIT,
+    (State.READY, C, Put): State.PUT_WAIT,
+    (State.READY, C, Bye): State.CLOSED,
+    (State.GET_WAIT, S, FileHeader): State.DOWNLOADING,
+    (State.DOWNLOADING, S, Data): State.DOWNLOADING,
+    (State.DOWNLOADING, S, Done): State.DOWNLOAD_ACK,
+    (State.DOWNLOAD_ACK, C, Ack): State.READY,
+    (State.PUT_WAIT, S, PutReady): State.UPLOADING,
+    (State.UPLOADING, C, Data): State.UPLOADING,
+    (State.UPLOADING, C, Done): State.UPLOAD_ACK,
+    (State.UPLOADING, C, Cancel): State.READY,
+    (State.UPLOAD_REFUSED, C, Data): State.UPLOAD_REFUSED,
+    (State.UPLOAD_REFUSED, C, Done): State.READY,
+    (State.UPLOAD_REFUSED, C, Cancel): State.READY,
+    (State.UPLOAD_ACK, S, Ack): State.READY,
+}
+
+#: Where a non-fatal ERROR from the server leads. A fatal code, an ERROR from the
+#: client, or an ERROR in a state not listed here closes the conversation.
+ERROR_NEXT: Final[dict[State, State]] = {
+    State.AUTH_WAIT: State.AUTH,  # wrong credentials, attempts remain
+    State.LISTING: State.READY,  # the directory cannot be listed
+    State.GET_WAIT: State.LISTING,  # bad name: the listing is sent again
+    State.DOWNLOADING: State.READY,  # file changed or failed mid-way
+    State.PUT_WAIT: State.READY,  # upload refused
+    State.UPLOADING: State.UPLOAD_REFUSED,  # failed mid-way; client finishes the stream
+    State.UPLOAD_ACK: State.READY,  # upload failed verification
+}
+
+#: States before login: the server accepts only small frames.
+PRELOGIN_STATES: Final = frozenset({State.HELLO, State.WELCOME, State.AUTH, State.AUTH_WAIT})
+
+#: States in which the peer closing the connection is a clean end, not a cut.
+CLEAN_EOF_STATES: Final = frozenset({State.READY, State.CLOSED})
+
+_BULK_TYPES: Final = frozenset({Data.TYPE, ListEntries.TYPE})
+
+
+def next_state(state: State, sender: Role, msg: Message) -> State:
+    """The state after ``sender`` sends ``msg`` in ``state``; ProtocolError if illegal."""
+    if isinstance(msg, Error):
+        if state is State.CLOSED:
+            raise ProtocolError("ERROR after the conversation closed")
+        if sender is S and not is_fatal(msg.code) and state in ERROR_NEXT:
+            return ERROR_NEXT[state]
+        return State.CLOSED
+    try:
+        return TRANSITIONS[(state, sender, type(msg))]
+    except KeyError:
+        name = type(msg).__name__
+        raise ProtocolError(f"{sender.value} may not send {name} in state {state.value}") from None
+
+
+def payload_limit(state: State, sender: Role, frame_type: int) -> int | None:
+    """Largest payload of ``frame_type`` that ``sender`` may send in ``state``, or None."""
+    if state is State.CLOSED:
+        return None
+    if frame_type != Error.TYPE and not any(
+        s is state and r is sender and frame_type == m.TYPE for (s, r, m) in TRANSITIONS
+    ):
+        return None
+    if state in PRELOGIN_STATES:
+        return MAX_PRELOGIN_PAYLOAD
+    if frame_type in _BULK_TYPES:
+        return MAX_DATA_PAYLOAD
+    return MAX_CONTROL_PAYLOAD
+
+
+_LIMITS: Final[dict[tuple[State, Role, int], int | None]] = {
+    (state, role, t): payload_limit(state, role, t)
+    for state in State
+    for role in Role
+    for t in range(256)
+}
+
+
+class _Closed:
+    """The peer closed the connection cleanly (returned by next_event)."""
+
+    def __repr__(self) -> str:
+        return "CLOSED"
+
+
+class _NeedData:
+    """No complete message yet: feed more bytes (returned by next_event)."""
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+CLOSED: Final = _Closed()
+NEED_DATA: Final = _NeedData()
+
+Event = Message | _Closed | _NeedData
+
+
+class Connection:
+    """One side of a tcpft conversation, without I/O."""
+
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.state = State.HELLO
+        self._decoder = FrameDecoder()
+        self._eof = False
+        self._remaining = 0  # DATA bytes still due in the current transfer
+        self._put_size = 0
+
+    # --- sending -------------------------------------------------------------------
+
+    def send(self, msg: Message) -> bytes:
+        """Return the frame bytes for ``msg`` and advance the state.
+
+        Raises:
+            LocalProtocolError: ``msg`` may not be sent now.
+        """
+        payload = msg.encode_payload()
+        self._advance(self.role, msg, local=True)
+        return frame_header(msg.TYPE, len(payload)) + payload
+
+    def send_error(self, code: ErrorCode, text: str) -> bytes:
+        """Return an ERROR frame; unlike :meth:`send`, allowed even once CLOSED.
+
+        A side that has just caught the peer breaking the protocol (so its state is
+        already CLOSED) can still say why before it closes.
+        """
+        msg = Error.of(code, text)
+        if self.state is not State.CLOSED:
+            self._advance(self.role, msg, local=True)
+        return frame_header(Error.TYPE, len(payload := msg.encode_payload())) + payload
+
+    def send_data_header(self, length: int) -> bytes:
+        """Header of a DATA frame whose ``length`` payload bytes the caller writes itself.
+
+        Lets a driver send file content without copying it into a frame.
+
+        Raises:
+            LocalProtocolError: DATA may not be sent now, or ``length`` is too large.
+        """
+        if not 0 < length <= MAX_DATA_PAYLOAD:
+            raise LocalProtocolError(f"DATA length {length} is outside 1..{MAX_DATA_PAYLOAD}")
+        self._check_data(self.role, length, local=True)
+        self.state = _transition(self.state, self.role, Data(b""), local=True)
+        return frame_header(Data.TYPE, length)
+
+    # --- receiving -----------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Feed bytes received from the peer; empty ``data`` means the peer closed."""
+        if data:
+            self._decoder.feed(data)
+        else:
+            self._eof = True
+
+    def next_event(self) -> Event:
+        """The next message from the peer, NEED_DATA, or CLOSED (a clean close).
+
+        Raises:
+            RemoteProtocolError: the peer broke the protocol (the state becomes CLOSED).
+            ConnectionBroken: the peer closed in the middle of an exchange.
+        """
+        peer = self.role.peer
+        state = self.state
+        try:
+            frame = self._decoder.next_frame(lambda t: _LIMITS[(state, peer, t)])
+            if frame is None:
+                return self._at_end_of_buffer()
+            msg = decode_message(frame.type, frame.payload)
+            self._advance(peer, msg, local=False)
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+        return msg
+
+    def _at_end_of_buffer(self) -> Event:
+        if not self._eof:
+            return NEED_DATA
+        if self.state in CLEAN_EOF_STATES and not self._decoder.buffered:
+            self.state = State.CLOSED
+            return CLOSED
+        where = self.state.value
+        self.state = State.CLOSED
+        raise ConnectionBroken(f"connection closed by the peer during {where}")
+
+    # --- shared --------------------------------------------------------------------
+
+    @property
+    def remaining(self) -> int:
+        """DATA bytes still due before DONE in the current transfer."""
+        return self._remaining
+
+    def _advance(self, sender: Role, msg: Message, *, local: bool) -> None:
+        if isinstance(msg, Data):
+            self._check_data(sender, len(msg.data), local=local)
+        elif (
+            isinstance(msg, Done)
+            and self.state in (State.DOWNLOADING, State.UPLOADING)
+            and self._remaining
+        ):
+            err = LocalProtocolError if local else RemoteProtocolError
+            raise err(f"DONE while {self._remaining} announced bytes are missing")
+        new = _transition(self.state, sender, msg, local=local)
+        if isinstance(msg, FileHeader):
+            self._remaining = msg.size - msg.offset
+        elif isinstance(msg, Put):
+            self._put_size = msg.size
+        elif isinstance(msg, PutReady):
+            if msg.offset > self._put_size:
+                err = LocalProtocolError if local else RemoteProtocolError
+                raise err("PUT_READY offset is past the announced size")
+            self._remaining = self._put_size - msg.offset
+        self.state = new
+
+    def _check_data(self, sender: Role, length: int, *, local: bool) -> None:
+        if self.state is State.UPLOAD_REFUSED:
+            return  # the server discards these anyway
+        if self.state in (State.DOWNLOADING, State.UPLOADING):
+            if length > self._remaining:
+                err = LocalProtocolError if local else RemoteProtocolError
+                raise err(f"DATA of {length} bytes exceeds the {self._remaining} announced")
+            self._remaining -= length
+
+
+def _transition(state: State, sender: Role, msg: Message, *, local: bool) -> State:
+    try:
+        return next_state(state, sender, msg)
+    except ProtocolError as exc:
+        raise (LocalProtocolError if local else RemoteProtocolError)(exc.message) from None

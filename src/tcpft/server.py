@@ -1,0 +1,552 @@
+"""The asyncio server: a thin driver around the protocol core, storage and auth.
+
+Each connection is one :class:`_Session` task. The session reads bytes, feeds them to
+its :class:`~tcpft.protocol.Connection`, acts on the messages that come out, and writes
+the bytes the core gives it. Every wait has a deadline (login, idle, stall), every
+count has a cap (connections in total, per address, before login), and OS, TLS and
+asyncio errors are translated into our tree here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import ssl
+from collections import Counter
+from typing import Any
+
+from . import __version__
+from .audit import Audit
+from .auth import LoginGuard, User, UserStore
+from .config import ServerConfig
+from .errors import (
+    ErrorCode,
+    FileChanged,
+    ProtocolError,
+    RemoteProtocolError,
+    TcpftError,
+    TimeoutExpired,
+    error_from_wire,
+)
+from .integrity import HashCache, align_down, prefix_digest, scan_prefix
+from .limits import MAX_DATA_PAYLOAD, RESUME_BLOCK_SIZE
+from .messages import PROTOCOL_VERSION as _VERSION
+from .messages import (
+    Ack,
+    Bye,
+    Data,
+    Done,
+    Error,
+    FileHeader,
+    Get,
+    Hello,
+    ListEnd,
+    ListRequest,
+    LoginOk,
+    Message,
+    Put,
+    PutReady,
+    Welcome,
+    batch_entries,
+)
+from .pacing import Pacer
+from .protocol import CLOSED, NEED_DATA, Connection, Role
+from .storage import ServedDirectory, UploadHandle
+
+log = logging.getLogger("tcpft.server")
+
+SOFTWARE = f"tcpft/{__version__}"
+_READ_SIZE = MAX_DATA_PAYLOAD + 64
+_CLOSE_TIMEOUT = 2.0
+
+
+class _PeerClosed(Exception):
+    """The client closed the connection cleanly."""
+
+
+class Server:
+    """A tcpft server. Use ``async with Server(...) as srv: await srv.serve_forever()``.
+
+    Args:
+        config: the settings; ``config.root`` is the directory served.
+        users: the accounts allowed to log in.
+        ssl_context: the TLS context, or None for plaintext (``config.plaintext``).
+    """
+
+    def __init__(
+        self, config: ServerConfig, users: UserStore, ssl_context: ssl.SSLContext | None
+    ) -> None:
+        config.validate()
+        if ssl_context is None and not config.plaintext:
+            raise TcpftError("a TLS context is required unless config.plaintext is set")
+        self.config = config
+        self.users = users
+        self.ssl_context = ssl_context
+        self.storage = ServedDirectory(config.root)
+        self.guard = LoginGuard(
+            threshold=config.penalty_threshold,
+            base_penalty=config.penalty_base,
+            max_penalty=config.penalty_max,
+        )
+        self.hashes = HashCache()
+        self.audit = Audit(config.audit_json)
+        self.closing = False
+        self._server: asyncio.Server | None = None
+        self._sessions: dict[asyncio.Task[None], _Session] = {}
+        self._per_address: Counter[str] = Counter()
+        self._unauthenticated = 0
+        self._uploads: set[str] = set()
+        self._hash_slots = asyncio.Semaphore(config.max_concurrent_hashes)
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start listening.
+
+        Raises:
+            OSError: the address cannot be bound.
+        """
+        self._server = await asyncio.start_server(
+            self._accept, self.config.host, self.config.port, limit=2 * _READ_SIZE
+        )
+
+    @property
+    def addresses(self) -> list[tuple[str, int]]:
+        """The (host, port) pairs listened on."""
+        assert self._server is not None
+        return [s.getsockname()[:2] for s in self._server.sockets]
+
+    @property
+    def port(self) -> int:
+        """The port listened on (useful with port 0)."""
+        return self.addresses[0][1]
+
+    @property
+    def connection_count(self) -> int:
+        return len(self._sessions)
+
+    async def serve_forever(self) -> None:
+        """Serve until :meth:`shutdown` is called (or the task is cancelled)."""
+        assert self._server is not None
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._server.serve_forever()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting; let running transfers finish within ``grace`` seconds; close."""
+        grace = self.config.shutdown_grace if grace is None else grace
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        for task, session in list(self._sessions.items()):
+            if not session.busy:
+                task.cancel()
+        pending = set(self._sessions)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=_CLOSE_TIMEOUT + 1)
+        self.storage.close()
+        self.audit.close()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.shutdown()
+
+    # --- connections ---------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        addr = str(peer[0]) if peer else "?"
+        cfg = self.config
+        if (
+            self.closing
+            or len(self._sessions) >= cfg.max_connections
+            or self._unauthenticated >= cfg.max_unauthenticated
+            or self._per_address[addr] >= cfg.max_per_address
+        ):
+            log.warning("refusing connection from %s: connection limits reached", addr)
+            writer.transport.abort()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        session = _Session(self, reader, writer, addr)
+        self._sessions[task] = session
+        self._per_address[addr] += 1
+        self._unauthenticated += 1
+        try:
+            await session.run()
+        finally:
+            if not session.user:
+                self._unauthenticated -= 1
+            self._per_address[addr] -= 1
+            if not self._per_address[addr]:
+                del self._per_address[addr]
+            del self._sessions[task]
+
+    def _logged_in(self) -> None:
+        self._unauthenticated -= 1
+
+    async def _verify(self, name: str, password: str) -> User | None:
+        async with self._hash_slots:
+            return await asyncio.to_thread(self.users.verify, name, password)
+
+
+class _Session:
+    """One client connection."""
+
+    def __init__(
+        self,
+        server: Server,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        addr: str,
+    ) -> None:
+        self.server = server
+        self.cfg = server.config
+        self.reader = reader
+        self.writer = writer
+        self.addr = addr
+        self.conn = Connection(Role.SERVER)
+        self.user: User | None = None
+        self.busy = False
+        self.pacer = Pacer(self.cfg.limit_rate) if self.cfg.limit_rate else None
+
+    # --- I/O helpers ---------------------------------------------------------------
+
+    async def _send(self, msg: Message) -> None:
+        self.writer.write(self.conn.send(msg))
+        await self._drain()
+
+    async def _drain(self) -> None:
+        try:
+            async with asyncio.timeout(self.cfg.stall_timeout):
+                await self.writer.drain()
+        except TimeoutError:
+            raise TimeoutExpired("client stopped reading") from None
+
+    async def _next(self, timeout: float | None) -> Message:
+        """The next message from the client; raises _PeerClosed on a clean close."""
+        while True:
+            event = self.conn.next_event()
+            if event is NEED_DATA:
+                try:
+                    async with asyncio.timeout(timeout):
+                        data = await self.reader.read(_READ_SIZE)
+                except TimeoutError:
+                    raise TimeoutExpired("no data from the client in time") from None
+                self.conn.receive_data(data)
+                continue
+            if event is CLOSED:
+                raise _PeerClosed
+            assert isinstance(event, Message)
+            if isinstance(event, Error):
+                raise error_from_wire(event.code, event.text)
+            return event
+
+    async def _fatal(self, code: ErrorCode, text: str) -> None:
+        """Tell the client why we close, if the connection still takes it."""
+        with contextlib.suppress(Exception):
+            self.writer.write(self.conn.send_error(code, text))
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self.writer.drain()
+
+    # --- the session ---------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            try:
+                async with asyncio.timeout(self.cfg.login_timeout):
+                    if self.server.ssl_context is not None:
+                        await self.writer.start_tls(self.server.ssl_context)
+                    if not await self._login():
+                        return
+            except TimeoutError:
+                log.info("login deadline passed for %s", self.addr)
+                await self._fatal(ErrorCode.LOGIN_TIMEOUT, "login took too long")
+                return
+            self.server._logged_in()
+            await self._send_listing(ListRequest())
+            await self._requests()
+        except _PeerClosed:
+            pass
+        except asyncio.CancelledError:
+            if self.server.closing:
+                await self._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+            raise
+        except TimeoutExpired as exc:
+            log.info("closing %s: %s", self.addr, exc)
+            await self._fatal(exc.code, str(exc))
+        except ProtocolError as exc:
+            log.info("protocol error from %s: %s", self.addr, exc)
+            if isinstance(exc, RemoteProtocolError):
+                await self._fatal(exc.code, str(exc))
+        except TcpftError as exc:
+            log.info("closing %s: %s", self.addr, exc)
+        except (ConnectionError, ssl.SSLError, OSError, EOFError) as exc:
+            log.info("connection from %s lost: %s", self.addr, exc)
+        except Exception:
+            log.exception("internal error serving %s", self.addr)
+            await self._fatal(ErrorCode.INTERNAL_ERROR, "internal server error")
+        finally:
+            await self._close()
+
+    async def _close(self) -> None:
+        self.writer.close()
+        try:
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self.writer.wait_closed()
+        except (TimeoutError, OSError, ssl.SSLError):
+            self.writer.transport.abort()
+
+    async def _login(self) -> bool:
+        hello = await self._next(None)
+        assert isinstance(hello, Hello)
+        if hello.version < 1:
+            await self._fatal(
+                ErrorCode.UNSUPPORTED_VERSION, f"this server speaks version {_VERSION}"
+            )
+            return False
+        await self._send(Welcome(min(hello.version, _VERSION), SOFTWARE))
+        server, attempts = self.server, 0
+        while True:
+            login = await self._next(None)
+            name = getattr(login, "user", "")
+            wait = server.guard.penalty_remaining(self.addr)
+            if wait > 0:
+                server.audit.event("login refused", user=name, addr=self.addr, reason="penalty")
+                await self._fatal(
+                    ErrorCode.PENALIZED,
+                    f"too many failed logins from your address; try again in {wait:.0f} s",
+                )
+                return False
+            user = await server._verify(name, getattr(login, "password", ""))
+            if user is not None:
+                server.guard.record_success(self.addr)
+                server.audit.event("login ok", user=user.name, addr=self.addr)
+                self.user = user
+                await self._send(LoginOk(user.name, user.can_write))
+                return True
+            server.guard.record_failure(self.addr)
+            server.audit.event("login failed", user=name, addr=self.addr)
+            attempts += 1
+            await asyncio.sleep(self.cfg.login_failure_delay)
+            await self._send(Error.of(ErrorCode.AUTH_FAILED, "login failed"))
+            if attempts >= self.cfg.max_login_attempts:
+                return False
+
+    async def _requests(self) -> None:
+        while True:
+            if self.server.closing:
+                await self._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
+                return
+            msg = await self._next(self.cfg.idle_timeout)
+            self.busy = True
+            if isinstance(msg, ListRequest):
+                await self._send_listing(msg)
+            elif isinstance(msg, Get):
+                await self._download(msg)
+            elif isinstance(msg, Put):
+                await self._upload(msg)
+            elif isinstance(msg, Bye):
+                return
+            self.busy = False
+
+    # --- listing -------------------------------------------------------------------
+
+    async def _send_listing(self, req: ListRequest) -> None:
+        try:
+            entries = await asyncio.to_thread(
+                self.server.storage.list,
+                req.path,
+                recursive=req.recursive,
+                limit=self.cfg.max_list_entries,
+            )
+        except TcpftError as exc:
+            await self._send(Error.of(exc.code, str(exc)))
+            return
+        for batch in batch_entries(entries, MAX_DATA_PAYLOAD):
+            await self._send(batch)
+        await self._send(ListEnd())
+
+    # --- download ------------------------------------------------------------------
+
+    async def _download(self, req: Get) -> None:
+        server, user = self.server, self.user
+        assert user is not None
+        try:
+            handle = server.storage.open_read(req.path)
+        except TcpftError as exc:
+            server.audit.event(
+                "transfer get", user=user.name, addr=self.addr, path=req.path, result="invalid"
+            )
+            await self._send(Error.of(ErrorCode.INVALID_NAME, str(exc)))
+            await self._send_listing(ListRequest())
+            return
+        with handle:
+            ident = handle.identity
+            sha = server.hashes.sha256(ident)
+            hasher: Any = None if sha else hashlib.sha256()
+            start = 0
+            if req.offset and req.offset % RESUME_BLOCK_SIZE == 0 and req.offset <= handle.size:
+                blocks = server.hashes.blocks(ident, req.offset // RESUME_BLOCK_SIZE)
+                scan = None
+                if blocks is None or sha is None:
+                    scan = await asyncio.to_thread(scan_prefix, handle.fd, req.offset)
+                    server.hashes.put_blocks(ident, scan.blocks)
+                    blocks = scan.blocks
+                if prefix_digest(blocks) == req.prefix_digest:
+                    start = req.offset
+                    if scan is not None and sha is None:
+                        hasher = scan.whole
+            await self._send(FileHeader(req.path, handle.size, handle.mtime_ns, start))
+            sent = await self._stream_file(handle.fd, start, handle.size, hasher)
+            if sent < handle.size - start or handle.changed():
+                server.audit.event(
+                    "transfer get", user=user.name, addr=self.addr, path=req.path,
+                    bytes=sent, result="changed",
+                )  # fmt: skip
+                await self._send(Error.of(ErrorCode.FILE_CHANGED, str(FileChanged())))
+                return
+            digest = sha if sha else hasher.digest()
+            server.hashes.put_sha256(ident, digest)
+            await self._send(Done(digest))
+            ack = await self._next(self.cfg.stall_timeout)
+            ok = isinstance(ack, Ack) and ack.ok
+            server.audit.event(
+                "transfer get", user=user.name, addr=self.addr, path=req.path, bytes=sent,
+                sha256=digest.hex(), result="ok" if ok else "rejected",
+            )  # fmt: skip
+
+    async def _stream_file(self, fd: int, start: int, size: int, hasher: Any) -> int:
+        """Send ``[start, size)`` of ``fd`` as DATA frames; return the bytes sent."""
+        pos, chunk_size = start, self.cfg.chunk_size
+        while pos < size:
+            n = min(chunk_size, size - pos)
+            chunk = await asyncio.to_thread(_read_chunk, fd, n, pos, hasher)
+            if not chunk:
+                break
+            self.writer.write(self.conn.send_data_header(len(chunk)))
+            self.writer.write(chunk)
+            await self._drain()
+            pos += len(chunk)
+            if self.pacer is not None:
+                await asyncio.sleep(self.pacer.delay(len(chunk)))
+            if len(chunk) < n:
+                break
+        return pos - start
+
+    # --- upload --------------------------------------------------------------------
+
+    async def _upload(self, req: Put) -> None:
+        server, user = self.server, self.user
+        assert user is not None
+        if not user.can_write:
+            await self._send(Error.of(ErrorCode.PERMISSION_DENIED, "this account is read-only"))
+            return
+        if req.path in server._uploads:
+            await self._send(
+                Error.of(ErrorCode.ALREADY_EXISTS, "an upload to this name is in progress")
+            )
+            return
+        try:
+            upload = await asyncio.to_thread(
+                server.storage.open_upload,
+                req.path,
+                req.size,
+                req.mtime_ns,
+                force=req.force,
+                resume=req.resume,
+                max_size=self.cfg.max_upload_size,
+                reserve_bytes=self.cfg.upload_reserve,
+            )
+        except TcpftError as exc:
+            await self._send(Error.of(exc.code, str(exc)))
+            return
+        server._uploads.add(req.path)
+        done = False
+        try:
+            done = await self._receive_upload(req, upload)
+        finally:
+            server._uploads.discard(req.path)
+            if not done:
+                upload.abort(keep=True)  # cut mid-way: keep the partial for a resume
+
+    async def _receive_upload(self, req: Put, upload: UploadHandle) -> bool:
+        """Run the upload; True once it is over (committed or discarded)."""
+        server, user = self.server, self.user
+        assert user is not None
+        offset, digest, hasher = 0, b"", hashlib.sha256()
+        if req.resume and upload.offset:
+            aligned = align_down(min(upload.offset, req.size))
+            if aligned:
+                fd = upload.open_partial_for_read()
+                try:
+                    scan = await asyncio.to_thread(scan_prefix, fd, aligned)
+                finally:
+                    os.close(fd)
+                offset, digest, hasher = aligned, scan.digest, scan.whole
+        upload.truncate(offset)
+        await self._send(PutReady(offset, digest))
+        failed: TcpftError | None = None
+        received = 0
+        while True:
+            msg = await self._next(self.cfg.stall_timeout)
+            if isinstance(msg, Data):
+                if failed is None:
+                    try:
+                        await asyncio.to_thread(_write_chunk, upload, msg.data, hasher)
+                        received += len(msg.data)
+                    except TcpftError as exc:
+                        failed = exc
+                        upload.abort(keep=False)
+                        await self._send(Error.of(exc.code, str(exc)))
+                continue
+            result = "failed" if failed else "cancelled"
+            if isinstance(msg, Done) and failed is None:
+                result = await self._finish_upload(upload, hasher.digest(), msg.sha256)
+            elif failed is None:
+                upload.abort(keep=False)
+            server.audit.event(
+                "transfer put", user=user.name, addr=self.addr, path=req.path,
+                bytes=received, sha256=msg.sha256.hex() if isinstance(msg, Done) else "",
+                result=result,
+            )  # fmt: skip
+            return True
+
+    async def _finish_upload(self, upload: UploadHandle, ours: bytes, theirs: bytes) -> str:
+        if ours != theirs:
+            upload.abort(keep=False)
+            await self._send(Error.of(ErrorCode.DIGEST_MISMATCH, "SHA-256 of the upload differs"))
+            return "digest-mismatch"
+        try:
+            await asyncio.to_thread(upload.commit)
+        except TcpftError as exc:
+            upload.abort(keep=False)
+            await self._send(Error.of(exc.code, str(exc)))
+            return "failed"
+        await self._send(Ack(True))
+        return "ok"
+
+
+def _read_chunk(fd: int, n: int, pos: int, hasher: Any) -> bytes:
+    """Read and hash one chunk (in a worker thread: hashlib releases the GIL)."""
+    try:
+        chunk = os.pread(fd, n, pos)
+    except OSError:
+        return b""
+    if hasher is not None:
+        hasher.update(chunk)
+    return chunk
+
+
+def _write_chunk(upload: UploadHandle, data: bytes, hasher: Any) -> None:
+    upload.write(data)
+    hasher.update(data)

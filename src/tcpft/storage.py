@@ -1,0 +1,456 @@
+"""The served directory: listing, reading and receiving files, safely (Linux/POSIX).
+
+Every name comes from the network, so nothing here hands a path string to the OS.
+The root is opened once; each request walks from that descriptor one validated
+component at a time with ``O_NOFOLLOW``, and the file is opened relative to its
+parent's descriptor. A symbolic link anywhere in the path is refused, and one swapped
+in during a request cannot redirect it. Uploads go to a hidden partial file in the
+target's directory and are renamed into place by :meth:`UploadHandle.commit`.
+Error messages speak of wire names only, never of the root's path on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from tcpft.errors import (
+    AlreadyExists,
+    IntegrityError,
+    InvalidName,
+    LocalFileError,
+    NoSpace,
+    TcpftError,
+    TooLarge,
+    UsageError,
+)
+from tcpft.messages import Entry
+from tcpft.names import is_partial_name, join_path, partial_name, printable, split_path
+
+__all__ = ["Entry", "ReadHandle", "ServedDirectory", "UploadHandle"]
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO planted under the partial's name fails to open instead of hanging.
+_PARTIAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_NO_LINK = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
+
+
+class _Closing:
+    """Context manager support: ``with`` calls ``close()``."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+def _io_error(exc: OSError, doing: str) -> TcpftError:
+    """Translate an OS write-side failure: NoSpace for a full disk or quota."""
+    if exc.errno in _NO_SPACE:
+        return NoSpace(f"no room left to {doing}")
+    return LocalFileError(f"cannot {doing}: {exc.strerror}")
+
+
+def _clear_nonblock(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+
+
+def _lstat_at(name: str, dir_fd: int) -> os.stat_result | None:
+    """``lstat`` relative to ``dir_fd``; None when nothing is there."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise InvalidName(f"cannot examine {printable(name)}: {exc.strerror}") from None
+
+
+@dataclass
+class ReadHandle(_Closing):
+    """An open regular file to send. Closing is idempotent."""
+
+    fd: int
+    size: int
+    mtime_ns: int
+    dev: int
+    ino: int
+
+    @property
+    def identity(self) -> tuple[int, int, int, int]:
+        """``(dev, ino, size, mtime_ns)`` as seen when the file was opened."""
+        return (self.dev, self.ino, self.size, self.mtime_ns)
+
+    def changed(self) -> bool:
+        """Say whether the size or mtime differ from those seen at opening.
+
+        Raises:
+            LocalFileError: the handle is closed or ``fstat`` fails.
+        """
+        try:
+            st = os.fstat(self.fd)
+        except OSError as exc:
+            raise LocalFileError(f"cannot examine the file being sent: {exc.strerror}") from None
+        return st.st_size != self.size or st.st_mtime_ns != self.mtime_ns
+
+    def close(self) -> None:
+        """Close the descriptor (again is harmless)."""
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+
+class UploadHandle(_Closing):
+    """A file being received into its partial file; see :meth:`ServedDirectory.open_upload`.
+
+    ``offset`` is the number of bytes already in the partial file (kept from an earlier
+    attempt when resuming); the next :meth:`write` appends there. ``close()``, and
+    leaving a ``with`` block, without :meth:`commit` is ``abort(keep=False)``.
+    """
+
+    def __init__(
+        self,
+        parent_fd: int,
+        fd: int,
+        name: str,
+        offset: int,
+        *,
+        size: int,
+        mtime_ns: int,
+        force: bool,
+    ) -> None:
+        self._parent_fd, self.fd, self.name, self.offset = parent_fd, fd, name, offset
+        self.partial = partial_name(name)
+        self.size, self.mtime_ns, self.force = size, mtime_ns, force
+        self._open = True
+
+    def open_partial_for_read(self) -> int:
+        """Open the partial file again, read-only (to hash the prefix already present).
+
+        The caller closes the returned descriptor.
+
+        Raises:
+            LocalFileError: it cannot be opened, or it is no longer the file being written.
+        """
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        try:
+            fd = os.open(self.partial, flags, dir_fd=self._parent_fd)
+        except OSError as exc:
+            raise LocalFileError(f"cannot reopen the partial file: {exc.strerror}") from None
+        mine, theirs = os.fstat(self.fd), os.fstat(fd)
+        if (mine.st_dev, mine.st_ino) != (theirs.st_dev, theirs.st_ino):
+            os.close(fd)
+            raise LocalFileError("the partial file was replaced during the upload")
+        _clear_nonblock(fd)
+        return fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append all of ``data`` to the partial file.
+
+        Raises:
+            NoSpace: the disk or the quota is full.
+            LocalFileError: any other write failure.
+        """
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                view = view[os.write(self.fd, view) :]
+        except OSError as exc:
+            raise _io_error(exc, f"write {printable(self.name)}") from None
+
+    def truncate(self, offset: int) -> None:
+        """Cut the partial file to ``offset`` bytes; writing goes on from there.
+
+        Raises:
+            LocalFileError: ``offset`` is negative or the file cannot be truncated.
+        """
+        try:
+            if offset < 0:
+                raise OSError(errno.EINVAL, "negative offset")
+            os.ftruncate(self.fd, offset)
+            os.lseek(self.fd, offset, os.SEEK_SET)
+        except OSError as exc:
+            raise _io_error(exc, f"truncate {printable(self.name)}") from None
+        self.offset = offset
+
+    def commit(self) -> None:
+        """Set the mtime, flush to disk and move the partial file to its final name.
+
+        Without ``force`` an existing target is never replaced. The handle is closed
+        afterwards whatever happens; on failure the partial file stays in place.
+
+        Raises:
+            IntegrityError: the partial file does not hold exactly ``size`` bytes.
+            AlreadyExists: the target appeared meanwhile and ``force`` is false.
+            InvalidName: the target has become a directory.
+            NoSpace, LocalFileError: flushing or renaming failed.
+        """
+        if not self._open:
+            raise LocalFileError(f"upload of {printable(self.name)} is already closed")
+        shown = printable(self.name)
+        try:
+            length = os.fstat(self.fd).st_size
+            if length != self.size:
+                raise IntegrityError(f"{shown}: received {length} bytes, expected {self.size}")
+            try:
+                os.utime(self.fd, ns=(self.mtime_ns, self.mtime_ns))
+                os.fsync(self.fd)
+                self._rename()
+            except FileExistsError:
+                raise AlreadyExists(f"{shown} already exists") from None
+            except (IsADirectoryError, NotADirectoryError):
+                raise InvalidName(f"{shown} exists and is not a regular file") from None
+            except OSError as exc:
+                raise _io_error(exc, f"store {shown}") from None
+            with contextlib.suppress(OSError):  # the file is in place; this is best effort
+                os.fsync(self._parent_fd)
+        finally:
+            self._close()
+
+    def _rename(self) -> None:
+        src, dst, pfd = self.partial, self.name, self._parent_fd
+        if not self.force:
+            try:  # link() never replaces an existing file
+                os.link(src, dst, src_dir_fd=pfd, dst_dir_fd=pfd, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno not in _NO_LINK:
+                    raise
+                # No hard links on this file system: check, then rename (racy, best effort).
+                if _lstat_at(dst, pfd) is not None:
+                    raise FileExistsError(errno.EEXIST, "exists") from None
+            else:
+                os.unlink(src, dir_fd=pfd)
+                return
+        os.rename(src, dst, src_dir_fd=pfd, dst_dir_fd=pfd)
+
+    def abort(self, keep: bool) -> None:
+        """Close the upload, keeping the partial file for a later resume or removing it.
+
+        Does nothing once committed or aborted. Raises nothing if the partial file is
+        already gone.
+        """
+        if not self._open:
+            return
+        try:
+            if not keep:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self.partial, dir_fd=self._parent_fd)
+        finally:
+            self._close()
+
+    def close(self) -> None:
+        """Same as ``abort(keep=False)``; harmless after :meth:`commit`."""
+        self.abort(keep=False)
+
+    def _close(self) -> None:
+        if self._open:
+            self._open = False
+            os.close(self.fd)
+            os.close(self._parent_fd)
+
+
+class ServedDirectory(_Closing):
+    """The directory tree a server exposes, reached only through its root descriptor."""
+
+    def __init__(self, root: Path) -> None:
+        """Open ``root``.
+
+        Raises:
+            UsageError: ``root`` is missing, not a directory or cannot be opened.
+        """
+        try:
+            self._root_fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise UsageError(f"cannot serve {root}: {exc.strerror}") from None
+
+    def close(self) -> None:
+        """Close the root descriptor (again is harmless); open handles stay usable."""
+        if self._root_fd >= 0:
+            fd, self._root_fd = self._root_fd, -1
+            os.close(fd)
+
+    def _open_dir(self, parts: tuple[str, ...]) -> int:
+        """Open the directory ``parts`` below the root without following any symlink.
+
+        The caller closes the result. Raises InvalidName when any component is
+        missing, a symbolic link, not a directory or not accessible.
+        """
+        if self._root_fd < 0:
+            raise LocalFileError("the served directory is closed")
+        fd = os.dup(self._root_fd)
+        for i, part in enumerate(parts):
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                shown = printable("/".join(parts[: i + 1]))
+                if exc.errno == errno.ENOENT:
+                    raise InvalidName(f"no such directory: {shown}") from None
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise InvalidName(f"not a directory: {shown}") from None
+                raise InvalidName(f"cannot open directory {shown}: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+            fd = child
+        return fd
+
+    def list(self, path: str = "", *, recursive: bool = False, limit: int = 100_000) -> list[Entry]:
+        """List the regular files and directories in directory ``path``, sorted by path.
+
+        Symbolic links, special files, partial files and names that are not valid
+        wire names are left out. ``recursive`` descends into subdirectories (never
+        through a symbolic link); one that cannot be opened is listed, not entered.
+
+        Raises:
+            InvalidName: ``path`` is not a valid name or not a reachable directory.
+            TooLarge: there are more than ``limit`` entries.
+        """
+        start = split_path(path, allow_root=True)
+        entries: list[Entry] = []
+        pending = [start]
+        while pending:
+            parts = pending.pop()
+            try:  # walked again from the root: holds one descriptor, however deep
+                fd = self._open_dir(parts)
+            except InvalidName:
+                if parts == start:
+                    raise
+                continue  # replaced or unreadable since it was seen
+            try:
+                with os.scandir(fd) as it:
+                    for item in it:
+                        child = (*parts, item.name)
+                        try:
+                            wire = join_path(child)
+                            st = item.stat(follow_symlinks=False)
+                        except (InvalidName, OSError):
+                            continue
+                        is_dir = stat.S_ISDIR(st.st_mode)
+                        if not (is_dir or stat.S_ISREG(st.st_mode)) or is_partial_name(item.name):
+                            continue
+                        if len(entries) >= limit:
+                            raise TooLarge(f"listing exceeds {limit} entries")
+                        size = 0 if is_dir else st.st_size
+                        entries.append(Entry(wire, is_dir, size, st.st_mtime_ns))
+                        if is_dir and recursive:
+                            pending.append(child)
+            except OSError as exc:
+                shown = printable(join_path(parts))
+                raise InvalidName(f"cannot list {shown}: {exc.strerror}") from None
+            finally:
+                os.close(fd)
+        entries.sort(key=lambda e: e.path)
+        return entries
+
+    def open_read(self, path: str) -> ReadHandle:
+        """Open the regular file ``path`` for sending.
+
+        Raises:
+            InvalidName: ``path`` is not a valid name, is a partial file, is missing, is
+                reached through a symbolic link, or is not a regular file.
+        """
+        parts = split_path(path)
+        name, shown = parts[-1], printable(path)
+        if is_partial_name(name):
+            raise InvalidName(f"not a servable file: {shown}")
+        parent = self._open_dir(parts[:-1])
+        try:
+            before = _lstat_at(name, parent)
+            if before is None:
+                raise InvalidName(f"no such file: {shown}")
+            if not stat.S_ISREG(before.st_mode):  # so devices are never even opened
+                raise InvalidName(f"not a regular file: {shown}")
+            fd = os.open(name, _READ_FLAGS, dir_fd=parent)
+        except OSError as exc:
+            raise InvalidName(f"cannot open {shown}: {exc.strerror}") from None
+        finally:
+            os.close(parent)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):  # swapped after the lstat
+                raise InvalidName(f"not a regular file: {shown}")
+            _clear_nonblock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        return ReadHandle(fd, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+
+    def open_upload(
+        self,
+        path: str,
+        size: int,
+        mtime_ns: int,
+        *,
+        force: bool,
+        resume: bool,
+        max_size: int | None,
+        reserve_bytes: int = 64 * 1024 * 1024,
+    ) -> UploadHandle:
+        """Prepare to receive ``size`` bytes into file ``path``.
+
+        The data goes to a hidden partial file beside the target (mode 0600, which the
+        final file keeps). With ``resume`` an existing partial file no longer than
+        ``size`` is kept and its length is the handle's ``offset``; otherwise it is
+        emptied.
+
+        Raises:
+            InvalidName: ``path`` is not a valid name or names a partial file, its
+                directory is missing, or the target or the partial file exists and is
+                not a regular file.
+            AlreadyExists: the target exists and ``force`` is false.
+            TooLarge: ``size`` is over ``max_size``.
+            NoSpace: free space is under the bytes still to come plus ``reserve_bytes``.
+            LocalFileError: the partial file cannot be created.
+        """
+        parts = split_path(path)
+        name, shown = parts[-1], printable(path)
+        if is_partial_name(name):
+            raise InvalidName(f"not a valid upload name: {shown}")
+        parent = self._open_dir(parts[:-1])
+        fd = -1
+        try:
+            target = _lstat_at(name, parent)
+            if target is not None and not stat.S_ISREG(target.st_mode):
+                raise InvalidName(f"exists and is not a regular file: {shown}")
+            if target is not None and not force:
+                raise AlreadyExists(f"{shown} already exists")
+            if max_size is not None and size > max_size:
+                raise TooLarge(f"{shown}: {size} bytes is over the limit of {max_size} bytes")
+            pname = partial_name(name)
+            old = _lstat_at(pname, parent)
+            if old is not None and not stat.S_ISREG(old.st_mode):
+                raise InvalidName(f"the partial file of {shown} is not a regular file")
+            present = old.st_size if old is not None and resume and old.st_size <= size else 0
+            vfs = os.fstatvfs(parent)
+            if vfs.f_bavail * vfs.f_frsize < (size - present) + reserve_bytes:
+                raise NoSpace(f"not enough free space to store {shown} ({size} bytes)")
+            fd = os.open(pname, _PARTIAL_FLAGS, 0o600, dir_fd=parent)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidName(f"the partial file of {shown} is not a regular file")
+            _clear_nonblock(fd)
+            offset = st.st_size if resume and st.st_size <= size else 0
+            if offset != st.st_size:
+                os.ftruncate(fd, offset)
+            os.lseek(fd, offset, os.SEEK_SET)
+            return UploadHandle(parent, fd, name, offset, size=size, mtime_ns=mtime_ns, force=force)
+        except BaseException as exc:
+            if fd >= 0:
+                os.close(fd)
+            os.close(parent)
+            if isinstance(exc, OSError):
+                raise _io_error(exc, f"prepare the partial file of {shown}") from None
+            raise

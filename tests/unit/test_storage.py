@@ -1,0 +1,541 @@
+"""Unit tests of tcpft.storage on real files in tmp_path."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpft.errors import (
+    AlreadyExists,
+    IntegrityError,
+    InvalidName,
+    NoSpace,
+    TooLarge,
+    UsageError,
+)
+from tcpft.limits import MAX_NAME_BYTES
+from tcpft.names import partial_name
+from tcpft.storage import Entry, ReadHandle, ServedDirectory, UploadHandle
+
+MTIME = 1_600_000_000_123_456_789
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    root = tmp_path / "root"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def served(root: Path) -> Iterator[ServedDirectory]:
+    with ServedDirectory(root) as served:
+        yield served
+
+
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    return secret
+
+
+def _open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def _read_all(handle: ReadHandle) -> bytes:
+    chunks = []
+    while chunk := os.read(handle.fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _upload(served: ServedDirectory, path: str, data: bytes, **kw: object) -> UploadHandle:
+    handle = served.open_upload(
+        path,
+        len(data),
+        MTIME,
+        force=bool(kw.get("force", False)),
+        resume=bool(kw.get("resume", False)),
+        max_size=None,
+        reserve_bytes=0,
+    )
+    return handle
+
+
+# --- the root --------------------------------------------------------------------
+
+
+def test_root_must_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(UsageError):
+        ServedDirectory(tmp_path / "missing")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UsageError):
+        ServedDirectory(tmp_path / "file")
+
+
+def test_close_is_idempotent(root: Path) -> None:
+    served = ServedDirectory(root)
+    served.close()
+    served.close()
+
+
+# --- list ------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> None:
+    (root / "b.txt").write_bytes(b"12345")
+    (root / "a.txt").write_bytes(b"")
+    (root / "docs" / "deep").mkdir(parents=True)
+    (root / "docs" / "x.md").write_bytes(b"xx")
+    (root / "docs" / "deep" / "y").write_bytes(b"y")
+    (root / "empty").mkdir()
+
+
+def test_list_root(root: Path, served: ServedDirectory) -> None:
+    _tree(root)
+    os.utime(root / "b.txt", ns=(MTIME, MTIME))
+    entries = served.list()
+    assert [e.path for e in entries] == ["a.txt", "b.txt", "docs", "empty"]
+    b = entries[1]
+    assert b == Entry("b.txt", False, 5, MTIME)
+    assert entries[2].is_dir and entries[2].size == 0
+
+
+def test_list_subdirectory_gives_wire_paths_from_the_root(
+    root: Path, served: ServedDirectory
+) -> None:
+    _tree(root)
+    assert [e.path for e in served.list("docs")] == ["docs/deep", "docs/x.md"]
+    assert served.list("empty") == []
+
+
+def test_list_recursive_sorted(root: Path, served: ServedDirectory) -> None:
+    _tree(root)
+    paths = [e.path for e in served.list(recursive=True)]
+    assert paths == ["a.txt", "b.txt", "docs", "docs/deep", "docs/deep/y", "docs/x.md", "empty"]
+    assert [e.path for e in served.list("docs", recursive=True)] == [
+        "docs/deep",
+        "docs/deep/y",
+        "docs/x.md",
+    ]
+
+
+def test_list_skips_symlinks_fifos_partials_and_bad_names(
+    root: Path, served: ServedDirectory, outside: Path
+) -> None:
+    (root / "ok").write_text("ok")
+    (root / "link").symlink_to(outside)
+    (root / "dirlink").symlink_to(outside.parent, target_is_directory=True)
+    (root / "inner-link").symlink_to("ok")
+    os.mkfifo(root / "fifo")
+    (root / partial_name("ok")).write_text("half")
+    (root / "esc\x1b[31m").write_text("x")
+    (root / "nl\nname").write_text("x")
+    os.mkdir(root / "sub")
+    (root / "sub" / "ok2").write_text("x")
+    (root / "sub" / "up").symlink_to("..")
+    (root / "sub" / partial_name("ok2")).write_text("x")
+    os.close(os.open(os.fsencode(root) + b"/bad-\xff-utf8", os.O_CREAT | os.O_WRONLY, 0o600))
+    assert [e.path for e in served.list(recursive=True)] == ["ok", "sub", "sub/ok2"]
+
+
+def test_list_limit(root: Path, served: ServedDirectory) -> None:
+    for i in range(5):
+        (root / f"f{i}").write_text("x")
+    assert len(served.list(limit=5)) == 5
+    with pytest.raises(TooLarge, match="exceeds 4 entries"):
+        served.list(limit=4)
+    (root / "d").mkdir()
+    (root / "d" / "g").write_text("x")
+    assert len(served.list(recursive=True, limit=7)) == 7
+    with pytest.raises(TooLarge):
+        served.list(recursive=True, limit=6)
+
+
+@pytest.mark.parametrize("path", ["missing", "..", "/", "/etc", "a/../b", "b.txt", "link"])
+def test_list_refuses(root: Path, served: ServedDirectory, outside: Path, path: str) -> None:
+    _tree(root)
+    (root / "link").symlink_to(outside.parent, target_is_directory=True)
+    with pytest.raises(InvalidName):
+        served.list(path)
+
+
+def test_errors_do_not_reveal_the_root(root: Path, served: ServedDirectory) -> None:
+    for call in (
+        lambda: served.list("nope"),
+        lambda: served.open_read("nope/x"),
+        lambda: served.open_read("nope"),
+    ):
+        with pytest.raises(InvalidName) as info:
+            call()
+        assert str(root) not in info.value.message
+        assert "nope" in info.value.message
+
+
+# --- open_read -------------------------------------------------------------------
+
+
+def test_open_read_good_file(root: Path, served: ServedDirectory) -> None:
+    (root / "d").mkdir()
+    (root / "d" / "f.bin").write_bytes(b"hello world")
+    os.utime(root / "d" / "f.bin", ns=(MTIME, MTIME))
+    with served.open_read("d/f.bin") as handle:
+        assert handle.size == 11
+        assert handle.mtime_ns == MTIME
+        st = os.stat(root / "d" / "f.bin")
+        assert handle.identity == (st.st_dev, st.st_ino, 11, MTIME)
+        assert os.get_blocking(handle.fd)  # O_NONBLOCK was cleared
+        assert _read_all(handle) == b"hello world"
+        assert not handle.changed()
+    assert handle.fd == -1
+    handle.close()  # idempotent
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["..", "../secret.txt", "a/../../secret.txt", "/etc/passwd", "..\\secret.txt", "", "d/"],
+)
+def test_open_read_refuses_bad_names(served: ServedDirectory, path: str) -> None:
+    with pytest.raises(InvalidName):
+        served.open_read(path)
+
+
+def test_open_read_refuses_symlink_to_outside(
+    root: Path, served: ServedDirectory, outside: Path
+) -> None:
+    (root / "link").symlink_to(outside)
+    with pytest.raises(InvalidName, match="not a regular file"):
+        served.open_read("link")
+
+
+def test_open_read_refuses_symlink_inside_the_root_too(root: Path, served: ServedDirectory) -> None:
+    (root / "real").write_text("x")
+    (root / "alias").symlink_to("real")
+    with pytest.raises(InvalidName):
+        served.open_read("alias")
+
+
+def test_open_read_refuses_symlinked_directory_component(
+    root: Path, served: ServedDirectory, outside: Path
+) -> None:
+    (root / "real").mkdir()
+    (root / "real" / "f").write_text("x")
+    (root / "alias").symlink_to("real", target_is_directory=True)
+    (root / "out").symlink_to(outside.parent, target_is_directory=True)
+    served.open_read("real/f").close()
+    with pytest.raises(InvalidName, match="not a directory: alias"):
+        served.open_read("alias/f")
+    with pytest.raises(InvalidName, match="not a directory: out"):
+        served.open_read("out/secret.txt")
+
+
+def test_directory_swapped_for_symlink_is_refused(
+    root: Path, served: ServedDirectory, outside: Path
+) -> None:
+    (root / "d").mkdir()
+    (root / "d" / "secret.txt").write_text("inside")
+    served.open_read("d/secret.txt").close()
+    # An attacker with access to the tree swaps the directory for a symlink.
+    os.rename(root / "d", root / "d-old")
+    (root / "d").symlink_to(outside.parent, target_is_directory=True)
+    with pytest.raises(InvalidName, match="not a directory"):
+        served.open_read("d/secret.txt")
+    with pytest.raises(InvalidName):
+        served.list("d")
+    with pytest.raises(InvalidName):
+        served.open_upload("d/new", 1, MTIME, force=True, resume=False, max_size=None)
+    assert not (outside.parent / "new").exists()
+
+
+def test_handle_opened_before_a_swap_keeps_reading_the_original(
+    root: Path, served: ServedDirectory, outside: Path
+) -> None:
+    (root / "d").mkdir()
+    (root / "d" / "f").write_text("original")
+    with served.open_read("d/f") as handle:
+        os.rename(root / "d", root / "d-old")
+        (root / "d").symlink_to(outside.parent, target_is_directory=True)
+        assert _read_all(handle) == b"original"
+
+
+@pytest.mark.timeout(10)
+def test_open_read_refuses_fifo_without_hanging(root: Path, served: ServedDirectory) -> None:
+    os.mkfifo(root / "fifo")
+    with pytest.raises(InvalidName, match="not a regular file"):
+        served.open_read("fifo")
+
+
+def test_open_read_refuses_directory(root: Path, served: ServedDirectory) -> None:
+    (root / "d").mkdir()
+    with pytest.raises(InvalidName, match="not a regular file"):
+        served.open_read("d")
+
+
+def test_open_read_refuses_missing_file(root: Path, served: ServedDirectory) -> None:
+    with pytest.raises(InvalidName, match="no such file: nope"):
+        served.open_read("nope")
+    with pytest.raises(InvalidName, match="no such directory: nodir"):
+        served.open_read("nodir/nope")
+
+
+def test_open_read_refuses_partial_file(root: Path, served: ServedDirectory) -> None:
+    (root / partial_name("f")).write_text("half")
+    with pytest.raises(InvalidName):
+        served.open_read(partial_name("f"))
+
+
+def test_read_handle_changed_after_append(root: Path, served: ServedDirectory) -> None:
+    (root / "f").write_bytes(b"abc")
+    with served.open_read("f") as handle:
+        assert not handle.changed()
+        with open(root / "f", "ab") as f:
+            f.write(b"more")
+        assert handle.changed()
+
+
+def test_read_handle_changed_after_mtime_change(root: Path, served: ServedDirectory) -> None:
+    (root / "f").write_bytes(b"abc")
+    with served.open_read("f") as handle:
+        os.utime(root / "f", ns=(MTIME, MTIME))
+        assert handle.changed()
+
+
+# --- uploads ---------------------------------------------------------------------
+
+
+def test_fresh_upload_commit(root: Path, served: ServedDirectory) -> None:
+    (root / "d").mkdir()
+    data = b"x" * 100_000 + b"end"
+    fds = _open_fds()
+    handle = _upload(served, "d/new.bin", data)
+    assert handle.offset == 0
+    partial = root / "d" / partial_name("new.bin")
+    assert partial.exists()
+    assert stat.S_IMODE(partial.stat().st_mode) == 0o600
+    handle.write(data[:10])
+    handle.write(memoryview(data)[10:])
+    handle.commit()
+    assert (root / "d" / "new.bin").read_bytes() == data
+    assert os.stat(root / "d" / "new.bin").st_mtime_ns == MTIME
+    assert not partial.exists()
+    assert [e.path for e in served.list("d")] == ["d/new.bin"]
+    handle.abort(keep=False)  # harmless after commit
+    assert (root / "d" / "new.bin").exists()
+    assert _open_fds() == fds
+
+
+def test_upload_existing_without_force(root: Path, served: ServedDirectory) -> None:
+    (root / "f").write_text("old")
+    with pytest.raises(AlreadyExists):
+        _upload(served, "f", b"new")
+    assert (root / "f").read_text() == "old"
+
+
+def test_upload_with_force_overwrites(root: Path, served: ServedDirectory) -> None:
+    (root / "f").write_text("old content")
+    handle = _upload(served, "f", b"new", force=True)
+    handle.write(b"new")
+    handle.commit()
+    assert (root / "f").read_bytes() == b"new"
+
+
+def test_target_appearing_during_upload_is_not_overwritten(
+    root: Path, served: ServedDirectory
+) -> None:
+    handle = _upload(served, "f", b"mine")
+    handle.write(b"mine")
+    (root / "f").write_text("theirs")
+    with pytest.raises(AlreadyExists):
+        handle.commit()
+    assert (root / "f").read_text() == "theirs"
+    assert (root / partial_name("f")).read_bytes() == b"mine"
+    handle.abort(keep=False)  # closed by commit already: leaves the partial alone
+
+
+def test_commit_checks_the_size(root: Path, served: ServedDirectory) -> None:
+    handle = _upload(served, "f", b"four")
+    handle.write(b"abc")
+    with pytest.raises(IntegrityError):
+        handle.commit()
+    assert not (root / "f").exists()
+
+
+def test_resume_keeps_the_partial(root: Path, served: ServedDirectory) -> None:
+    data = b"0123456789"
+    handle = _upload(served, "f", data)
+    handle.write(data[:4])
+    handle.abort(keep=True)
+    assert (root / partial_name("f")).read_bytes() == b"0123"
+
+    handle = _upload(served, "f", data, resume=True)
+    assert handle.offset == 4
+    fd = handle.open_partial_for_read()
+    try:
+        assert os.read(fd, 100) == b"0123"
+    finally:
+        os.close(fd)
+    handle.write(data[4:])
+    handle.commit()
+    assert (root / "f").read_bytes() == data
+
+
+def test_without_resume_the_partial_starts_empty(root: Path, served: ServedDirectory) -> None:
+    (root / partial_name("f")).write_bytes(b"stale")
+    with _upload(served, "f", b"abc") as handle:
+        assert handle.offset == 0
+        assert (root / partial_name("f")).stat().st_size == 0
+        handle.write(b"abc")
+        handle.commit()
+    assert (root / "f").read_bytes() == b"abc"
+
+
+def test_resume_with_a_partial_longer_than_the_file_restarts(
+    root: Path, served: ServedDirectory
+) -> None:
+    (root / partial_name("f")).write_bytes(b"much too long")
+    with _upload(served, "f", b"abc", resume=True) as handle:
+        assert handle.offset == 0
+
+
+def test_truncate_restarts_from_the_offset(root: Path, served: ServedDirectory) -> None:
+    (root / partial_name("f")).write_bytes(b"XXXX")
+    with _upload(served, "f", b"abcdef", resume=True) as handle:
+        assert handle.offset == 4
+        handle.truncate(0)
+        assert handle.offset == 0
+        handle.write(b"abcdef")
+        handle.commit()
+    assert (root / "f").read_bytes() == b"abcdef"
+
+
+def test_abort_keep_and_remove(root: Path, served: ServedDirectory) -> None:
+    partial = root / partial_name("f")
+    handle = _upload(served, "f", b"abc")
+    handle.write(b"a")
+    handle.abort(keep=True)
+    assert partial.read_bytes() == b"a"
+    handle.abort(keep=False)  # already closed: idempotent, keeps it
+    assert partial.exists()
+
+    handle = _upload(served, "f", b"abc")
+    handle.abort(keep=False)
+    assert not partial.exists()
+    assert not (root / "f").exists()
+    handle.abort(keep=False)
+
+
+def test_leaving_with_without_commit_removes_the_partial(
+    root: Path, served: ServedDirectory
+) -> None:
+    fds = _open_fds()
+    with _upload(served, "f", b"abc") as handle:
+        handle.write(b"ab")
+    assert os.listdir(root) == []
+    assert _open_fds() == fds
+
+
+def test_upload_too_large(root: Path, served: ServedDirectory) -> None:
+    served.open_upload("ok", 10, MTIME, force=False, resume=False, max_size=10).abort(keep=False)
+    with pytest.raises(TooLarge):
+        served.open_upload("big", 11, MTIME, force=False, resume=False, max_size=10)
+    assert os.listdir(root) == []
+
+
+def test_upload_no_space(root: Path, served: ServedDirectory) -> None:
+    with pytest.raises(NoSpace):
+        served.open_upload(
+            "f", 10, MTIME, force=False, resume=False, max_size=None, reserve_bytes=2**62
+        )
+    with pytest.raises(NoSpace):
+        served.open_upload("f", 2**62, MTIME, force=False, resume=False, max_size=None)
+    assert os.listdir(root) == []
+
+
+def test_upload_parent_missing(root: Path, served: ServedDirectory) -> None:
+    with pytest.raises(InvalidName, match="no such directory"):
+        _upload(served, "nodir/f", b"x")
+    (root / "file").write_text("x")
+    with pytest.raises(InvalidName, match="not a directory"):
+        _upload(served, "file/f", b"x")
+
+
+def test_upload_refuses_non_regular_target(root: Path, served: ServedDirectory) -> None:
+    (root / "d").mkdir()
+    os.mkfifo(root / "fifo")
+    (root / "link").symlink_to("d")
+    for name in ("d", "fifo", "link"):
+        with pytest.raises(InvalidName, match="not a regular file"):
+            _upload(served, name, b"x", force=True)
+
+
+@pytest.mark.timeout(10)
+def test_upload_refuses_planted_partial(root: Path, served: ServedDirectory, outside: Path) -> None:
+    (root / partial_name("a")).symlink_to(outside)
+    os.mkfifo(root / partial_name("b"))
+    for name in ("a", "b"):
+        with pytest.raises(InvalidName, match="partial"):
+            _upload(served, name, b"x", resume=True)
+    assert outside.read_text() == "top secret"
+
+
+@pytest.mark.parametrize("path", ["", "..", "../evil", "/tmp/evil", "a\\b", "x/", ".f.tcpft-part"])
+def test_upload_refuses_bad_names(served: ServedDirectory, path: str) -> None:
+    with pytest.raises(InvalidName):
+        _upload(served, path, b"x")
+
+
+def test_upload_of_a_longest_name(root: Path, served: ServedDirectory) -> None:
+    name = "é" * (MAX_NAME_BYTES // 2)
+    with _upload(served, name, b"x") as handle:
+        handle.write(b"x")
+        handle.commit()
+    assert (root / name).read_bytes() == b"x"
+
+
+def test_no_descriptor_leaks_on_refusals(
+    root: Path, served: ServedDirectory, outside: Path
+) -> None:
+    _tree(root)
+    (root / "link").symlink_to(outside)
+    os.mkfifo(root / "fifo")
+    (root / partial_name("p")).symlink_to(outside)
+    fds = _open_fds()
+    for path in ("link", "fifo", "docs", "missing", "docs/missing", "link/x", "b.txt/x"):
+        with pytest.raises(InvalidName):
+            served.open_read(path)
+    for path in ("b.txt", "docs", "link", "fifo", "p", "missing/x"):
+        with pytest.raises((InvalidName, AlreadyExists)):
+            _upload(served, path, b"x")
+    with pytest.raises(TooLarge):
+        served.list(recursive=True, limit=2)
+    with pytest.raises(NoSpace):
+        served.open_upload("n", 1, 0, force=False, resume=False, max_size=None, reserve_bytes=2**62)
+    assert _open_fds() == fds
+
+
+def test_handles_survive_closing_the_served_directory(root: Path) -> None:
+    (root / "f").write_text("abc")
+    served = ServedDirectory(root)
+    reader = served.open_read("f")
+    upload = _upload(served, "g", b"1")
+    served.close()
+    assert _read_all(reader) == b"abc"
+    reader.close()
+    upload.write(b"1")
+    upload.commit()
+    assert (root / "g").read_text() == "1"
+
+
+def test_target_becoming_a_directory_during_upload(root: Path, served: ServedDirectory) -> None:
+    handle = _upload(served, "f", b"x", force=True)
+    handle.write(b"x")
+    (root / "f").mkdir()
+    with pytest.raises(InvalidName, match="not a regular file"):
+        handle.commit()
+    assert (root / "f").is_dir()
