@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 import hashlib
 import os
 import select
@@ -69,7 +70,7 @@ from .messages import (
     PutReady,
     Welcome,
 )
-from .names import PARTIAL_SUFFIX, printable, split_path
+from .names import PARTIAL_SUFFIX, local_target, printable, split_path
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role, State
 from .tls import KnownHosts, client_context, fingerprint, host_key, parse_fingerprint
@@ -77,6 +78,8 @@ from .tls import KnownHosts, client_context, fingerprint, host_key, parse_finger
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
 _CHUNK = MAX_DATA_PAYLOAD
+
+Entries = list[Entry]
 
 #: Called with (bytes of the file now present, total size) as a transfer advances.
 Progress = Callable[[int, int], None]
@@ -96,6 +99,9 @@ class TransferResult:
     resumed_from: int
     sha256: str
     seconds: float
+
+
+Results = list[TransferResult]
 
 
 def known_hosts_path() -> Path:
@@ -245,7 +251,7 @@ class Session:
         self.user = ""
         self.can_write = False
         self.server_software = ""
-        self.listing: list[Entry] = []
+        self.listing: Entries = []
         self._pacer = Pacer(limit_rate) if limit_rate else None
         self._closed = False
 
@@ -271,8 +277,8 @@ class Session:
                 raise error_from_wire(event.code, event.text)
             return event
 
-    def _read_listing(self) -> list[Entry]:
-        entries: list[Entry] = []
+    def _read_listing(self) -> Entries:
+        entries: Entries = []
         while True:
             msg = self._next()
             if isinstance(msg, ListEnd):
@@ -295,7 +301,7 @@ class Session:
 
     # --- requests ------------------------------------------------------------------
 
-    def list(self, path: str = "", *, recursive: bool = False) -> list[Entry]:
+    def list(self, path: str = "", *, recursive: bool = False) -> Entries:
         """List a directory of the server ("" is the root).
 
         Raises:
@@ -417,6 +423,67 @@ class Session:
         if isinstance(exc, InvalidName) and self.conn.state is State.LISTING:
             exc.listing = self._read_listing()  # type: ignore[attr-defined]
         return exc
+
+    def glob(self, pattern: str) -> Entries:
+        """Files of the server matching a shell pattern (``*.iso``, ``docs/*.md``).
+
+        The pattern's directory part is literal; its last part may hold ``* ? [...]``.
+        """
+        directory, _, name = pattern.rpartition("/")
+        found = self.list(directory)
+        return [
+            e
+            for e in found
+            if not e.is_dir and fnmatch.fnmatchcase(e.path.rsplit("/", 1)[-1], name)
+        ]
+
+    def download_tree(
+        self,
+        remote_dir: str,
+        dest_dir: Path | str,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        progress_for: Callable[[Entry], Progress | None] | None = None,
+    ) -> Results:
+        """Download a directory and everything below it into ``dest_dir/<its name>``.
+
+        Relative paths and modification times are kept; every name the server sends is
+        checked so that nothing lands outside ``dest_dir``.
+
+        Raises:
+            RemoteProtocolError: the server sent an unsafe name.
+            and whatever :meth:`download` raises, for the first file that fails.
+        """
+        base = Path(dest_dir)
+        prefix = remote_dir.rpartition("/")[0]
+        skip = len(prefix) + 1 if prefix else 0
+        entries = self.list(remote_dir, recursive=True)
+        top = local_target(base, remote_dir[skip:])
+        with _local(top):
+            top.mkdir(parents=True, exist_ok=True)
+        results: Results = []
+        dirs: list[tuple[Path, int | None]] = [(top, None)]
+        for entry in entries:
+            if not entry.path.startswith(remote_dir + "/"):
+                raise RemoteProtocolError(
+                    f"listing of {printable(remote_dir)} holds {printable(entry.path)}"
+                )
+            target = local_target(base, entry.path[skip:])
+            if entry.is_dir:
+                with _local(target):
+                    target.mkdir(parents=True, exist_ok=True)
+                dirs.append((target, entry.mtime_ns))
+                continue
+            progress = progress_for(entry) if progress_for else None
+            results.append(
+                self._download_to(entry.path, target, force=force, resume=resume, progress=progress)
+            )
+        for path, mtime_ns in reversed(dirs):
+            if mtime_ns is not None:
+                with contextlib.suppress(OSError):
+                    os.utime(path, ns=(mtime_ns, mtime_ns))
+        return results
 
     def upload(
         self,
@@ -578,10 +645,10 @@ class AsyncSession:
             return await asyncio.to_thread(fn, *args, **kwargs)
 
     @property
-    def listing(self) -> list[Entry]:
+    def listing(self) -> Entries:
         return self.session.listing
 
-    async def list(self, path: str = "", *, recursive: bool = False) -> list[Entry]:
+    async def list(self, path: str = "", *, recursive: bool = False) -> Entries:
         """See :meth:`Session.list`."""
         return await self._call(self.session.list, path, recursive=recursive)
 
