@@ -56,6 +56,8 @@ class ServerThread:
             self.fingerprint = certificate_fingerprint(cert)
         self.server = Server(config, users, ctx)
         self._ready = threading.Event()
+        self._stop_lock = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         if not self._ready.wait(10):
@@ -80,13 +82,15 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
 
     def stop(self, grace: float = 1.0) -> None:
-        if not self._thread.is_alive():
-            return
-        fut = asyncio.run_coroutine_threadsafe(self.server.shutdown(grace), self.loop)
-        fut.result(grace + 10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-        self.loop.close()
+        with self._stop_lock:
+            if self._stopped:
+                return
+            self._stopped = True
+            fut = asyncio.run_coroutine_threadsafe(self.server.shutdown(grace), self.loop)
+            fut.result(grace + 10)
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()
 
 
 @dataclasses.dataclass

@@ -16,3 +16,25 @@ for serving, and :mod:`tcpft.errors` for the exception tree.
 from __future__ import annotations
 
 __version__ = "0.1.0"
+
+from . import errors
+from .client import AsyncSession, Session, TransferResult, aconnect, connect
+from .config import DEFAULT_PORT, ServerConfig
+from .errors import TcpftError
+from .messages import Entry
+from .server import Server
+
+__all__ = [
+    "DEFAULT_PORT",
+    "AsyncSession",
+    "Entry",
+    "Server",
+    "ServerConfig",
+    "Session",
+    "TcpftError",
+    "TransferResult",
+    "__version__",
+    "aconnect",
+    "connect",
+    "errors",
+]

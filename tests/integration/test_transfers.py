@@ -1,0 +1,227 @@
+"""Transfers end to end over real TLS on 127.0.0.1: integrity, concurrency, cuts, trust."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import tcpft
+from tcpft.client import Session, aconnect
+from tcpft.errors import (
+    AlreadyExists,
+    ConnectError,
+    ConnectionBroken,
+    FingerprintMismatch,
+    TLSVerifyError,
+)
+from tcpft.protocol import State
+from tcpft.tls import KnownHosts
+
+from ..conftest import ALICE, Env, ServerThread
+
+Login = Callable[..., Session]
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_random(path: Path, size: int) -> None:
+    with path.open("wb") as fh:
+        left = size
+        while left:
+            n = min(left, 4 << 20)
+            fh.write(os.urandom(n))
+            left -= n
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_200_mb_file_arrives_byte_identical(env: Env, server: ServerThread, login: Login) -> None:
+    _write_random(env.root / "big.bin", 200 * 1024 * 1024 + 7)
+    with login(server) as s:
+        result = s.download("big.bin", env.client)
+    assert result.size == 200 * 1024 * 1024 + 7
+    assert result.sha256 == _sha(env.root / "big.bin") == _sha(env.client / "big.bin")
+    assert not (env.client / "big.bin.tcpft-part").exists()
+
+
+def test_done_flag_ack_and_both_sides_close(env: Env, server: ServerThread, login: Login) -> None:
+    s = login(server)
+    s.download("hello.txt", env.client)
+    # The DONE flag was received and the ACK sent: the conversation is back at READY.
+    assert s.conn.state is State.READY
+    assert server.call(lambda: server.server.connection_count) == 1
+    s.close()
+    assert s.conn.state is State.CLOSED
+    for _ in range(100):
+        if server.call(lambda: server.server.connection_count) == 0:
+            break
+        threading.Event().wait(0.05)
+    assert server.call(lambda: server.server.connection_count) == 0
+    assert (env.client / "hello.txt").read_text() == "hello, world\n"
+
+
+def test_modification_time_is_kept(env: Env, server: ServerThread, login: Login) -> None:
+    os.utime(env.root / "hello.txt", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+    with login(server) as s:
+        s.download("hello.txt", env.client)
+    assert (env.client / "hello.txt").stat().st_mtime_ns == 1_600_000_000_000_000_000
+
+
+@pytest.mark.timeout(60)
+def test_twenty_clients_at_once(env: Env, server: ServerThread, login: Login) -> None:
+    expected = _sha(env.root / "data.bin")
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        try:
+            dest = env.client / str(i)
+            dest.mkdir()
+            with login(server) as s:
+                r = s.download("data.bin", dest)
+            assert r.sha256 == expected == _sha(dest / "data.bin")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)
+    assert not errors, errors
+    assert all(_sha(env.client / str(i) / "data.bin") == expected for i in range(20))
+
+
+def test_existing_file_is_not_overwritten_without_force(
+    env: Env, server: ServerThread, login: Login
+) -> None:
+    (env.client / "hello.txt").write_text("mine")
+    with login(server) as s:
+        with pytest.raises(AlreadyExists):
+            s.download("hello.txt", env.client)
+        assert (env.client / "hello.txt").read_text() == "mine"
+        s.download("hello.txt", env.client, force=True)
+    assert (env.client / "hello.txt").read_text() == "hello, world\n"
+
+
+def test_cut_connection_leaves_no_file_under_the_final_name_then_resumes(
+    env: Env, start_server: Callable[..., ServerThread], login: Login
+) -> None:
+    _write_random(env.root / "cut.bin", 20 * 1024 * 1024)
+    srv = start_server(chunk_size=256 * 1024)
+    s = login(srv)
+
+    def cut(done: int, total: int) -> None:
+        if done >= 9 * 1024 * 1024:
+            s.sock.close()  # the network drops
+
+    with pytest.raises(ConnectError):
+        s.download("cut.bin", env.client, progress=cut)
+    s.close()
+    assert not (env.client / "cut.bin").exists()
+    partial = env.client / "cut.bin.tcpft-part"
+    assert partial.stat().st_size >= 8 * 1024 * 1024
+    with login(srv) as s2:
+        result = s2.download("cut.bin", env.client, resume=True)
+    assert result.resumed_from == 8 * 1024 * 1024
+    assert result.transferred == 12 * 1024 * 1024
+    assert _sha(env.client / "cut.bin") == _sha(env.root / "cut.bin")
+    assert not partial.exists()
+
+
+def test_resume_of_a_changed_file_starts_over(env: Env, server: ServerThread, login: Login) -> None:
+    _write_random(env.root / "v.bin", 9 * 1024 * 1024)
+    # A partial copy of an older version of the file.
+    (env.client / "v.bin.tcpft-part").write_bytes(os.urandom(8 * 1024 * 1024))
+    with login(server) as s:
+        result = s.download("v.bin", env.client, resume=True)
+    assert result.resumed_from == 0
+    assert result.transferred == 9 * 1024 * 1024
+    assert _sha(env.client / "v.bin") == _sha(env.root / "v.bin")
+
+
+def test_changed_server_fingerprint_is_refused(
+    env: Env, server: ServerThread, login: Login
+) -> None:
+    login(server).close()  # pinned on first use
+    assert KnownHosts(env.known_hosts).lookup("127.0.0.1", server.port) == server.fingerprint
+    KnownHosts(env.known_hosts).add("127.0.0.1", server.port, "SHA256:" + "A" * 43)
+    with pytest.raises(FingerprintMismatch) as info:
+        login(server)
+    assert str(env.known_hosts) in str(info.value)
+
+
+def test_unknown_server_refused_when_not_trusted(server: ServerThread, login: Login) -> None:
+    with pytest.raises(TLSVerifyError, match="not a known host"):
+        login(server, trust_new=False)
+
+
+def test_pinned_fingerprint_argument(server: ServerThread, login: Login) -> None:
+    assert server.fingerprint is not None
+    with login(server, fingerprint=server.fingerprint, trust_new=False) as s:
+        assert s.server_fingerprint == server.fingerprint
+    with pytest.raises(FingerprintMismatch):
+        login(server, fingerprint="SHA256:" + "B" * 43)
+
+
+def test_plaintext_needs_both_sides(
+    env: Env, start_server: Callable[..., ServerThread], server: ServerThread, login: Login
+) -> None:
+    plain = start_server(plaintext=True)
+    with login(plain) as s:
+        s.download("hello.txt", env.client)
+    assert (env.client / "hello.txt").exists()
+    with pytest.raises(ConnectError, match="plaintext"):
+        login(plain, plaintext=False)
+    with pytest.raises(ConnectError):
+        login(server, plaintext=True)
+
+
+def test_async_client(env: Env, server: ServerThread) -> None:
+    async def main() -> list[str]:
+        async with await aconnect(
+            "127.0.0.1", server.port, user=ALICE[0], password=ALICE[1],
+            known_hosts=env.known_hosts,
+        ) as s:  # fmt: skip
+            names = [e.path for e in await s.list("sub")]
+            await s.download("sub/inner.txt", env.client)
+            return names
+
+    assert asyncio.run(main()) == ["sub/inner.txt"]
+    assert (env.client / "inner.txt").read_text() == "inner\n"
+
+
+def test_public_api_is_importable() -> None:
+    assert callable(tcpft.connect) and callable(tcpft.aconnect)
+    assert tcpft.Server is not None
+    assert issubclass(tcpft.errors.AuthFailed, tcpft.TcpftError)
+
+
+def test_server_cut_mid_download_is_not_a_clean_end(
+    env: Env, start_server: Callable[..., ServerThread], login: Login
+) -> None:
+    _write_random(env.root / "slow.bin", 8 * 1024 * 1024)
+    srv = start_server(limit_rate=4 * 1024 * 1024, chunk_size=256 * 1024)
+    s = login(srv)
+    stopped = threading.Event()
+
+    def stop_server(done: int, total: int) -> None:
+        if done > 2 * 1024 * 1024 and not stopped.is_set():
+            stopped.set()
+            threading.Thread(target=srv.stop, kwargs={"grace": 0}).start()
+
+    with pytest.raises((ConnectionBroken, ConnectError)):
+        s.download("slow.bin", env.client, progress=stop_server)
+    s.close()
+    assert not (env.client / "slow.bin").exists()
