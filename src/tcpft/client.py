@@ -485,6 +485,44 @@ class Session:
                     os.utime(path, ns=(mtime_ns, mtime_ns))
         return results
 
+    def upload_tree(
+        self,
+        local_dir: Path | str,
+        remote_dir: str | None = None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        progress_for: Callable[[str], Progress | None] | None = None,
+    ) -> Results:
+        """Upload a local directory and the regular files below it.
+
+        The tree lands under ``remote_dir`` (default: the directory's own name); the
+        server creates missing directories. Symbolic links and special files are
+        skipped.
+
+        Raises:
+            InvalidName: a local name cannot be sent (control characters, too long).
+            and whatever :meth:`upload` raises, for the first file that fails.
+        """
+        base = Path(local_dir)
+        if not base.is_dir():
+            raise LocalFileError(f"{base} is not a directory")
+        top = remote_dir if remote_dir is not None else base.resolve().name
+        results: Results = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(base).as_posix()
+            for name in sorted(filenames):
+                local = Path(dirpath, name)
+                if local.is_symlink() or not local.is_file():
+                    continue
+                remote = "/".join(p for p in (top, "" if rel == "." else rel, name) if p)
+                progress = progress_for(remote) if progress_for else None
+                results.append(
+                    self.upload(local, remote, force=force, resume=resume, progress=progress)
+                )
+        return results
+
     def upload(
         self,
         local: Path | str,

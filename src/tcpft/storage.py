@@ -283,17 +283,21 @@ class ServedDirectory(_Closing):
             fd, self._root_fd = self._root_fd, -1
             os.close(fd)
 
-    def _open_dir(self, parts: tuple[str, ...]) -> int:
+    def _open_dir(self, parts: tuple[str, ...], *, create: bool = False) -> int:
         """Open the directory ``parts`` below the root without following any symlink.
 
-        The caller closes the result. Raises InvalidName when any component is
-        missing, a symbolic link, not a directory or not accessible.
+        With ``create``, missing directories are made (mode 0755). The caller closes
+        the result. Raises InvalidName when any component is missing (and not
+        created), a symbolic link, not a directory or not accessible.
         """
         if self._root_fd < 0:
             raise LocalFileError("the served directory is closed")
         fd = os.dup(self._root_fd)
         for i, part in enumerate(parts):
             try:
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(part, 0o755, dir_fd=fd)
                 child = os.open(part, _DIR_FLAGS, dir_fd=fd)
             except OSError as exc:
                 shown = printable("/".join(parts[: i + 1]))
@@ -401,14 +405,14 @@ class ServedDirectory(_Closing):
     ) -> UploadHandle:
         """Prepare to receive ``size`` bytes into file ``path``.
 
-        The data goes to a hidden partial file beside the target (mode 0600, which the
-        final file keeps). With ``resume`` an existing partial file no longer than
-        ``size`` is kept and its length is the handle's ``offset``; otherwise it is
-        emptied.
+        Missing parent directories are created. The data goes to a hidden partial file
+        beside the target (mode 0600, which the final file keeps). With ``resume`` an
+        existing partial file no longer than ``size`` is kept and its length is the
+        handle's ``offset``; otherwise it is emptied.
 
         Raises:
             InvalidName: ``path`` is not a valid name or names a partial file, its
-                directory is missing, or the target or the partial file exists and is
+                directory cannot be made, or the target or the partial file exists and is
                 not a regular file.
             AlreadyExists: the target exists and ``force`` is false.
             TooLarge: ``size`` is over ``max_size``.
@@ -419,7 +423,7 @@ class ServedDirectory(_Closing):
         name, shown = parts[-1], printable(path)
         if is_partial_name(name):
             raise InvalidName(f"not a valid upload name: {shown}")
-        parent = self._open_dir(parts[:-1])
+        parent = self._open_dir(parts[:-1], create=True)
         fd = -1
         try:
             target = _lstat_at(name, parent)

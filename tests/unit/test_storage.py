@@ -457,9 +457,19 @@ def test_upload_no_space(root: Path, served: ServedDirectory) -> None:
     assert os.listdir(root) == []
 
 
-def test_upload_parent_missing(root: Path, served: ServedDirectory) -> None:
-    with pytest.raises(InvalidName, match="no such directory"):
-        _upload(served, "nodir/f", b"x")
+def test_upload_creates_missing_parents_but_not_through_files_or_links(
+    root: Path, served: ServedDirectory, tmp_path: Path
+) -> None:
+    handle = _upload(served, "new/deeper/f", b"x")
+    handle.write(b"x")
+    handle.commit()
+    assert (root / "new" / "deeper" / "f").read_bytes() == b"x"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "escape").symlink_to(outside)
+    with pytest.raises(InvalidName, match="not a directory"):
+        _upload(served, "escape/f", b"x")
+    assert list(outside.iterdir()) == []
     (root / "file").write_text("x")
     with pytest.raises(InvalidName, match="not a directory"):
         _upload(served, "file/f", b"x")
@@ -509,7 +519,7 @@ def test_no_descriptor_leaks_on_refusals(
     for path in ("link", "fifo", "docs", "missing", "docs/missing", "link/x", "b.txt/x"):
         with pytest.raises(InvalidName):
             served.open_read(path)
-    for path in ("b.txt", "docs", "link", "fifo", "p", "missing/x"):
+    for path in ("b.txt", "docs", "link", "fifo", "p", "b.txt/x", "link/x"):
         with pytest.raises((InvalidName, AlreadyExists)):
             _upload(served, path, b"x")
     with pytest.raises(TooLarge):

@@ -1,0 +1,233 @@
+"""Several requests per session, trees, globs, uploads and their resume, over real TLS."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpft.client import Session, connect
+from tcpft.errors import (
+    AlreadyExists,
+    ConnectError,
+    PermissionDenied,
+    RemoteProtocolError,
+    TooLarge,
+)
+from tcpft.messages import (
+    PROTOCOL_VERSION,
+    Entry,
+    Hello,
+    ListEnd,
+    ListEntries,
+    ListRequest,
+    Login,
+    LoginOk,
+    Welcome,
+)
+from tcpft.protocol import NEED_DATA, Connection, Role
+
+from ..conftest import BOB, Env, ServerThread
+
+Login_ = Callable[..., Session]
+MiB = 1024 * 1024
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_many_requests_in_one_session(env: Env, server: ServerThread, login: Login_) -> None:
+    with login(server) as s:
+        for name in ("hello.txt", "data.bin", "sub/inner.txt"):
+            s.download(name, env.client)
+        assert [e.path for e in s.list("sub")] == ["sub/inner.txt"]
+        s.download("hello.txt", env.client / "again.txt")
+    assert (env.client / "inner.txt").read_text() == "inner\n"
+    assert (env.client / "again.txt").read_text() == "hello, world\n"
+
+
+@pytest.mark.timeout(120)
+def test_tree_of_1000_files_arrives_complete(env: Env, server: ServerThread, login: Login_) -> None:
+    tree = env.root / "tree"
+    for i in range(1000):
+        d = tree / f"d{i % 10}" / f"e{i % 3}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i}.txt").write_bytes(f"file {i}\n".encode() * (i % 7 + 1))
+    os.utime(tree / "d3", ns=(1_500_000_000_000_000_000,) * 2)
+    with login(server) as s:
+        results = s.download_tree("tree", env.client)
+    assert len(results) == 1000
+    got = sorted(p.relative_to(env.client) for p in (env.client / "tree").rglob("*") if p.is_file())
+    want = sorted(p.relative_to(env.root) for p in tree.rglob("*") if p.is_file())
+    assert got == want
+    for rel in want[::97]:
+        assert (env.client / rel).read_bytes() == (env.root / rel).read_bytes()
+    assert (env.client / "tree" / "d3").stat().st_mtime_ns == 1_500_000_000_000_000_000
+
+
+def test_glob_matches_names(env: Env, server: ServerThread, login: Login_) -> None:
+    (env.root / "a.iso").write_text("a")
+    (env.root / "b.iso").write_text("b")
+    with login(server) as s:
+        assert [e.path for e in s.glob("*.iso")] == ["a.iso", "b.iso"]
+        assert [e.path for e in s.glob("sub/*.txt")] == ["sub/inner.txt"]
+        assert s.glob("*.nothing") == []
+
+
+def test_upload_by_read_only_user_is_refused(env: Env, server: ServerThread, login: Login_) -> None:
+    local = env.client / "up.txt"
+    local.write_text("x")
+    with login(server, BOB) as s:
+        with pytest.raises(PermissionDenied, match="read-only"):
+            s.upload(local)
+        s.download("hello.txt", env.client)  # the session goes on
+    assert not (env.root / "up.txt").exists()
+
+
+def test_upload_then_no_overwrite_without_force(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    local = env.client / "up.bin"
+    local.write_bytes(os.urandom(2 * MiB + 5))
+    with login(server) as s:
+        r = s.upload(local, "incoming/up.bin")
+        assert r.sha256 == _sha(local)
+        with pytest.raises(AlreadyExists):
+            s.upload(local, "incoming/up.bin")
+        local.write_bytes(b"new content")
+        s.upload(local, "incoming/up.bin", force=True)
+    assert (env.root / "incoming" / "up.bin").read_bytes() == b"new content"
+
+
+def test_upload_over_the_size_limit_is_refused(
+    env: Env, start_server: Callable[..., ServerThread], login: Login_
+) -> None:
+    srv = start_server(max_upload_size=1000)
+    local = env.client / "big.bin"
+    local.write_bytes(b"x" * 1001)
+    with login(srv) as s, pytest.raises(TooLarge):
+        s.upload(local)
+    assert not (env.root / "big.bin").exists()
+
+
+def test_upload_tree(env: Env, server: ServerThread, login: Login_) -> None:
+    src = env.client / "photos"
+    (src / "2024").mkdir(parents=True)
+    (src / "a.jpg").write_bytes(b"a" * 100)
+    (src / "2024" / "b.jpg").write_bytes(b"b" * 200)
+    with login(server) as s:
+        results = s.upload_tree(src)
+    assert sorted(r.remote for r in results) == ["photos/2024/b.jpg", "photos/a.jpg"]
+    assert (env.root / "photos" / "2024" / "b.jpg").read_bytes() == b"b" * 200
+
+
+@pytest.mark.timeout(60)
+def test_upload_cut_then_resumed_is_byte_identical(
+    env: Env, start_server: Callable[..., ServerThread], login: Login_
+) -> None:
+    srv = start_server()
+    local = env.client / "cut.bin"
+    local.write_bytes(os.urandom(20 * MiB))
+    s = login(srv)
+
+    def cut(done: int, total: int) -> None:
+        if done >= 10 * MiB:
+            s.sock.shutdown(socket.SHUT_RDWR)  # the network drops
+
+    with pytest.raises(ConnectError):
+        s.upload(local, progress=cut)
+    s.close()
+    assert not (env.root / "cut.bin").exists()
+    for _ in range(100):  # the server notices the cut and keeps the partial
+        if srv.call(lambda: not srv.server._uploads):
+            break
+        threading.Event().wait(0.05)
+    with login(srv) as s2:
+        r = s2.upload(local, resume=True)
+    assert r.resumed_from == 8 * MiB
+    assert r.transferred == 12 * MiB
+    assert _sha(env.root / "cut.bin") == _sha(local)
+    assert not any(p.name.endswith(".tcpft-part") for p in env.root.iterdir())
+
+
+def test_server_caches_hashes_of_unchanged_files(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    with login(server) as s:
+        first = s.download("data.bin", env.client / "1")
+        assert server.call(lambda: len(server.server.hashes)) == 1
+        second = s.download("data.bin", env.client / "2")
+    assert first.sha256 == second.sha256 == _sha(env.root / "data.bin")
+
+
+# --- a malicious server ------------------------------------------------------------
+
+
+@pytest.fixture
+def evil_server() -> Iterator[tuple[int, list[Entry]]]:
+    """A plaintext test double that logs anyone in and lists hostile names."""
+    entries: list[Entry] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            sock, _ = listener.accept()
+        except OSError:
+            return
+        with sock:
+            sock.settimeout(10)
+            conn = Connection(Role.SERVER)
+
+            def next_msg() -> object:
+                while True:
+                    ev = conn.next_event()
+                    if ev is not NEED_DATA:
+                        return ev
+                    conn.receive_data(sock.recv(65536))
+
+            try:
+                assert isinstance(next_msg(), Hello)
+                sock.sendall(conn.send(Welcome(PROTOCOL_VERSION, "evil")))
+                assert isinstance(next_msg(), Login)
+                sock.sendall(conn.send(LoginOk("x", False)))
+                sock.sendall(conn.send(ListEnd()))
+                while not stop.is_set():
+                    if isinstance(next_msg(), ListRequest):
+                        sock.sendall(conn.send(ListEntries(tuple(entries))))
+                        sock.sendall(conn.send(ListEnd()))
+            except Exception:
+                return
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    yield listener.getsockname()[1], entries
+    stop.set()
+    listener.close()
+    t.join(5)
+
+
+@pytest.mark.parametrize(
+    "hostile",
+    ["d/../../escaped", "d/../../../tmp/escaped", "/etc/escaped", "d/\x1b[2J\x1b]0;pwn\x07"],
+)
+def test_malicious_names_cannot_escape_the_destination(
+    tmp_path: Path, evil_server: tuple[int, list[Entry]], hostile: str
+) -> None:
+    port, entries = evil_server
+    entries.append(Entry(hostile, False, 5, 0))
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    s = connect("127.0.0.1", port, user="u", password="p", plaintext=True, timeout=5)
+    with s, pytest.raises(RemoteProtocolError) as info:
+        s.download_tree("d", dest)
+    assert "\x1b" not in str(info.value)
+    assert not (tmp_path / "escaped").exists()
+    assert [p for p in tmp_path.rglob("*") if "escaped" in p.name] == []
