@@ -18,9 +18,11 @@ import contextlib
 import fnmatch
 import hashlib
 import os
+import queue
 import select
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -78,6 +80,7 @@ from .tls import KnownHosts, client_context, fingerprint, host_key, parse_finger
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
 _CHUNK = MAX_DATA_PAYLOAD
+_THREADED_HASH_MIN = 8 * 1024 * 1024  # below this, a thread costs more than it saves
 
 Entries = list[Entry]
 
@@ -102,6 +105,33 @@ class TransferResult:
 
 
 Results = list[TransferResult]
+
+
+class _HashThread:
+    """Hashes chunks in a worker thread, in order, so hashing overlaps receiving.
+
+    hashlib releases the GIL on large updates, so this uses a second core. At most
+    ``depth`` chunks wait in the queue, which bounds memory.
+    """
+
+    def __init__(self, hasher: Any, depth: int = 8) -> None:
+        self.hasher = hasher
+        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self.hasher.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        """Wait until every queued chunk is hashed (again is harmless)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 def known_hosts_path() -> Path:
@@ -367,7 +397,13 @@ class Session:
             with _local(partial):
                 os.ftruncate(fd, reply.offset)
                 os.lseek(fd, reply.offset, os.SEEK_SET)
-            pos = self._receive_file(fd, partial, reply, hasher, progress)
+            big = reply.size - reply.offset >= _THREADED_HASH_MIN
+            threaded = _HashThread(hasher) if big else None
+            try:
+                pos = self._receive_file(fd, partial, reply, threaded or hasher, progress)
+            finally:
+                if threaded is not None:
+                    threaded.close()  # every chunk is in ``hasher`` now
             done = self._next(raise_errors=False)
             if isinstance(done, Error):
                 keep = False
@@ -379,7 +415,6 @@ class Session:
                 raise IntegrityError(f"SHA-256 of {printable(remote)} does not match; discarded")
             with _local(target):
                 os.utime(fd, ns=(reply.mtime_ns, reply.mtime_ns))
-                os.fsync(fd)
                 _publish(partial, target, force=force)
             keep = None  # published: nothing left to keep or remove
             self._send(Ack(True))
@@ -575,13 +610,13 @@ class Session:
             with _local(path):
                 scan = scan_prefix(fd, ready.offset)
             if scan.digest != ready.prefix_digest:
-                self._send(Cancel())
+                self._cancel()
                 return self._upload_fd(fd, path, remote, st, force, False, progress, started)
             hasher = scan.whole
         pos = self._send_file(fd, path, ready.offset, st.st_size, hasher, progress)
         now = os.fstat(fd)
         if pos != st.st_size or (now.st_size, now.st_mtime_ns) != (st.st_size, st.st_mtime_ns):
-            self._send(Cancel())
+            self._cancel()
             raise FileChanged(f"{path} changed while it was being sent")
         digest = hasher.digest()
         self._send(Done(digest))
@@ -616,6 +651,16 @@ class Session:
                 time.sleep(self._pacer.delay(len(chunk)))
         return pos
 
+    def _cancel(self) -> None:
+        """Abandon the upload in progress and wait for the server to confirm."""
+        self._send(Cancel())
+        while True:
+            msg = self._next(raise_errors=False)
+            if isinstance(msg, Ack):
+                return
+            if isinstance(msg, Error) and is_fatal(msg.code):
+                raise error_from_wire(msg.code, msg.text)
+
     def _check_refusal(self) -> None:
         """If the server refused the upload mid-way, stop at once with its reason."""
         readable = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
@@ -625,7 +670,7 @@ class Session:
             msg = self._next(raise_errors=False)
             if isinstance(msg, Error):
                 if not is_fatal(msg.code):
-                    self._send(Cancel())
+                    self._cancel()
                 raise error_from_wire(msg.code, msg.text)
             raise RemoteProtocolError(f"unexpected {type(msg).__name__} during an upload")
 

@@ -28,7 +28,8 @@ Each class also names the exit status the command line uses for it.
     │   ├── PermissionDenied       the account may not do this               exit 8
     │   ├── AlreadyExists          exists and no --force                     exit 9
     │   ├── TooLarge               over the upload size limit                exit 11
-    │   └── NoSpace                the server's disk cannot take it          exit 11
+    │   ├── NoSpace                the server's disk cannot take it          exit 11
+    │   └── RemoteIOError          the server could not read or write it     exit 11
     ├── IntegrityError             size or SHA-256 does not match            exit 7
     │   └── FileChanged            the file changed during the transfer      exit 7
     ├── LocalFileError             our own disk failed us (full, unwritable) exit 11
@@ -255,6 +256,13 @@ class LocalFileError(TcpftError):
     exit_code = 11
 
 
+class RemoteIOError(RemoteFileError):
+    """The server could not read or write the file."""
+
+    code = ErrorCode.IO_ERROR
+    exit_code = 11
+
+
 class InternalError(TcpftError):
     """The peer hit an internal error."""
 
@@ -277,7 +285,7 @@ _BY_CODE: dict[ErrorCode, type[TcpftError]] = {
     ErrorCode.NO_SPACE: NoSpace,
     ErrorCode.FILE_CHANGED: FileChanged,
     ErrorCode.DIGEST_MISMATCH: IntegrityError,
-    ErrorCode.IO_ERROR: InternalError,
+    ErrorCode.IO_ERROR: RemoteIOError,
     ErrorCode.SHUTTING_DOWN: ShuttingDown,
     ErrorCode.INTERNAL_ERROR: InternalError,
 }

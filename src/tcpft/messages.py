@@ -336,6 +336,8 @@ class Get(Message):
 
     def _write(self, w: _Writer) -> None:
         _digest_or_empty(self.prefix_digest, "prefix digest", local=True)
+        if self.offset and not self.prefix_digest:
+            raise LocalProtocolError("GET with an offset needs a prefix digest")
         w.str(self.path)
         w.u64(self.offset)
         w.bin(self.prefix_digest)
@@ -360,6 +362,8 @@ class FileHeader(Message):
     offset: int = 0
 
     def _write(self, w: _Writer) -> None:
+        if not 0 <= self.offset <= self.size:
+            raise LocalProtocolError("FILE offset is past its size")
         w.str(self.path)
         w.u64(self.size)
         w.i64(self.mtime_ns)
@@ -456,6 +460,8 @@ class PutReady(Message):
 
     def _write(self, w: _Writer) -> None:
         _digest_or_empty(self.prefix_digest, "prefix digest", local=True)
+        if self.offset and not self.prefix_digest:
+            raise LocalProtocolError("PUT_READY with an offset needs a prefix digest")
         w.u64(self.offset)
         w.bin(self.prefix_digest)
 

@@ -76,6 +76,7 @@ class State(enum.Enum):
     UPLOADING = "UPLOADING"  # client sends DATA... DONE (or CANCEL)
     UPLOAD_REFUSED = "UPLOAD_REFUSED"  # server gave up; client ends with DONE or CANCEL
     UPLOAD_ACK = "UPLOAD_ACK"  # server sends ACK
+    CANCEL_WAIT = "CANCEL_WAIT"  # server confirms a CANCEL with ACK
     CLOSED = "CLOSED"  # nothing more may be sent
 
 
@@ -100,11 +101,12 @@ TRANSITIONS: Final[dict[tuple[State, Role, type[Message]], State]] = {
     (State.PUT_WAIT, S, PutReady): State.UPLOADING,
     (State.UPLOADING, C, Data): State.UPLOADING,
     (State.UPLOADING, C, Done): State.UPLOAD_ACK,
-    (State.UPLOADING, C, Cancel): State.READY,
+    (State.UPLOADING, C, Cancel): State.CANCEL_WAIT,
     (State.UPLOAD_REFUSED, C, Data): State.UPLOAD_REFUSED,
     (State.UPLOAD_REFUSED, C, Done): State.READY,
-    (State.UPLOAD_REFUSED, C, Cancel): State.READY,
+    (State.UPLOAD_REFUSED, C, Cancel): State.CANCEL_WAIT,
     (State.UPLOAD_ACK, S, Ack): State.READY,
+    (State.CANCEL_WAIT, S, Ack): State.READY,
 }
 
 #: Where a non-fatal ERROR from the server leads. A fatal code, an ERROR from the
@@ -117,6 +119,7 @@ ERROR_NEXT: Final[dict[State, State]] = {
     State.PUT_WAIT: State.READY,  # upload refused
     State.UPLOADING: State.UPLOAD_REFUSED,  # failed mid-way; client finishes the stream
     State.UPLOAD_ACK: State.READY,  # upload failed verification
+    State.CANCEL_WAIT: State.CANCEL_WAIT,  # sent before the CANCEL arrived; ACK follows
 }
 
 #: States before login: the server accepts only small frames.
@@ -206,6 +209,11 @@ class Connection:
             LocalProtocolError: ``msg`` may not be sent now.
         """
         payload = msg.encode_payload()
+        limit = _LIMITS[(self.state, self.role, msg.TYPE)]
+        if limit is not None and len(payload) > limit:
+            raise LocalProtocolError(
+                f"{type(msg).__name__} of {len(payload)} bytes exceeds the limit of {limit}"
+            )
         self._advance(self.role, msg, local=True)
         return frame_header(msg.TYPE, len(payload)) + payload
 
@@ -230,8 +238,9 @@ class Connection:
         """
         if not 0 < length <= MAX_DATA_PAYLOAD:
             raise LocalProtocolError(f"DATA length {length} is outside 1..{MAX_DATA_PAYLOAD}")
+        new = _transition(self.state, self.role, Data(b""), local=True)
         self._check_data(self.role, length, local=True)
-        self.state = _transition(self.state, self.role, Data(b""), local=True)
+        self.state = new
         return frame_header(Data.TYPE, length)
 
     # --- receiving -----------------------------------------------------------------
@@ -281,6 +290,7 @@ class Connection:
         return self._remaining
 
     def _advance(self, sender: Role, msg: Message, *, local: bool) -> None:
+        new = _transition(self.state, sender, msg, local=local)
         if isinstance(msg, Data):
             self._check_data(sender, len(msg.data), local=local)
         elif (
@@ -290,7 +300,6 @@ class Connection:
         ):
             err = LocalProtocolError if local else RemoteProtocolError
             raise err(f"DONE while {self._remaining} announced bytes are missing")
-        new = _transition(self.state, sender, msg, local=local)
         if isinstance(msg, FileHeader):
             self._remaining = msg.size - msg.offset
         elif isinstance(msg, Put):

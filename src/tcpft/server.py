@@ -37,6 +37,7 @@ from .messages import PROTOCOL_VERSION as _VERSION
 from .messages import (
     Ack,
     Bye,
+    Cancel,
     Data,
     Done,
     Error,
@@ -52,6 +53,7 @@ from .messages import (
     Welcome,
     batch_entries,
 )
+from .names import printable
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role
 from .storage import ServedDirectory, UploadHandle
@@ -65,6 +67,10 @@ _CLOSE_TIMEOUT = 2.0
 
 class _PeerClosed(Exception):
     """The client closed the connection cleanly."""
+
+
+class _ReadFailed(Exception):
+    """Reading the file being sent failed."""
 
 
 class Server:
@@ -407,7 +413,12 @@ class _Session:
                     if scan is not None and sha is None:
                         hasher = scan.whole
             await self._send(FileHeader(req.path, handle.size, handle.mtime_ns, start))
-            sent = await self._stream_file(handle.fd, start, handle.size, hasher)
+            try:
+                sent = await self._stream_file(handle.fd, start, handle.size, hasher)
+            except _ReadFailed as exc:
+                log.warning("reading %s failed: %s", printable(req.path), exc)
+                await self._send(Error.of(ErrorCode.IO_ERROR, "the server could not read the file"))
+                return
             if sent < handle.size - start or handle.changed():
                 server.audit.event(
                     "transfer get", user=user.name, addr=self.addr, path=req.path,
@@ -430,7 +441,10 @@ class _Session:
         pos, chunk_size = start, self.cfg.chunk_size
         while pos < size:
             n = min(chunk_size, size - pos)
-            chunk = await asyncio.to_thread(_read_chunk, fd, n, pos, hasher)
+            try:
+                chunk = await asyncio.to_thread(_read_chunk, fd, n, pos, hasher)
+            except OSError as exc:
+                raise _ReadFailed(str(exc.strerror or exc)) from None
             if not chunk:
                 break
             self.writer.write(self.conn.send_data_header(len(chunk)))
@@ -514,6 +528,8 @@ class _Session:
                 result = await self._finish_upload(upload, hasher.digest(), msg.sha256)
             elif failed is None:
                 upload.abort(keep=False)
+            if isinstance(msg, Cancel):
+                await self._send(Ack(True))
             server.audit.event(
                 "transfer put", user=user.name, addr=self.addr, path=req.path,
                 bytes=received, sha256=msg.sha256.hex() if isinstance(msg, Done) else "",
@@ -538,10 +554,7 @@ class _Session:
 
 def _read_chunk(fd: int, n: int, pos: int, hasher: Any) -> bytes:
     """Read and hash one chunk (in a worker thread: hashlib releases the GIL)."""
-    try:
-        chunk = os.pread(fd, n, pos)
-    except OSError:
-        return b""
+    chunk = os.pread(fd, n, pos)
     if hasher is not None:
         hasher.update(chunk)
     return chunk

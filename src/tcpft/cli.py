@@ -1,0 +1,588 @@
+"""The ``tcpft`` command line: a thin argparse layer over the client and server.
+
+::
+
+    tcpft serve [DIR] [--port P] [--config FILE.toml] ...  serve DIR (or: server PORT [DIR])
+    tcpft client HOST PORT                                  interactive: list, pick, download
+    tcpft ls HOST[:PORT] [PATH] [-R] [--json]               for scripts
+    tcpft get HOST[:PORT] NAME... [-o DEST] [-r] [--json]
+    tcpft put HOST[:PORT] LOCAL [REMOTE] [--json]
+    tcpft user add|del|list                                 manage the users file
+
+Scripts take the password from ``TCPFT_PASSWORD`` or ``--password-file``, never from an
+argument. Every error is one line ``tcpft: error: <message>`` on stderr, and the exit
+status says what kind it was (the classes are in :mod:`tcpft.errors`):
+
+====  ==========================================================================
+exit  meaning
+====  ==========================================================================
+0     success
+1     internal error (InternalError, or the server failed)
+2     usage: bad arguments, config file or users file (UsageError)
+3     cannot connect, connection lost, timeout, server full (ConnectError)
+4     login failed (AuthFailed)
+5     TLS verification failed, fingerprint mismatch (TLSVerifyError)
+6     invalid or unknown name, no file matches (InvalidName)
+7     size or SHA-256 mismatch, file changed meanwhile (IntegrityError)
+8     permission denied, e.g. upload by a read-only account (PermissionDenied)
+9     the destination already exists; use --force (AlreadyExists)
+10    protocol error (ProtocolError)
+11    local file error, no space left, file too large (LocalFileError, NoSpace, TooLarge)
+130   interrupted (Ctrl-C)
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from . import __version__
+from .auth import UserStore, create_default
+from .client import Progress, Session, TrustNew, connect, known_hosts_path
+from .config import DEFAULT_PORT, ServerConfig, default_state_dir, load_config, parse_size
+from .errors import (
+    ConnectError,
+    InvalidName,
+    LocalFileError,
+    TcpftError,
+    UsageError,
+)
+from .messages import Entry
+from .names import PARTIAL_SUFFIX, printable, split_path
+from .progress import (
+    BarReporter,
+    JsonReporter,
+    Reporter,
+    Stop,
+    entry_record,
+    error_line,
+    listing_line,
+    listing_table,
+)
+from .server import Server
+from .tls import certificate_fingerprint, ensure_server_certificate, server_context
+
+__all__ = ["main"]
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); return the exit status."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (status 2)
+        return exc.code if isinstance(exc.code, int) else 2
+    level = logging.INFO if args.func is _cmd_serve else logging.WARNING
+    if args.verbose:
+        level = logging.DEBUG
+    elif args.quiet:
+        level = logging.WARNING if args.func is _cmd_serve else logging.ERROR
+    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=level)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        _err("tcpft: interrupted")
+        return 130
+    except TcpftError as exc:
+        _err(error_line(exc))
+        return exc.exit_code
+    except BrokenPipeError:
+        return 1
+
+
+# --- small helpers -----------------------------------------------------------------------
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _ask(prompt: str) -> str | None:
+    """Show ``prompt`` on stderr and read one line of stdin (None at end of input)."""
+    sys.stderr.write(prompt)
+    sys.stderr.flush()
+    line = sys.stdin.readline()
+    return line.rstrip("\r\n") if line else None
+
+
+def _yes(prompt: str, default: bool) -> bool:
+    answer = _ask(prompt)
+    if answer is None:
+        return False
+    answer = answer.strip().lower()
+    return default if not answer else answer in ("y", "yes")
+
+
+def _port(text: str, *, allow_zero: bool = False) -> int:
+    if not text.isdigit() or not (0 if allow_zero else 1) <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"not a valid port: {text!r}")
+    return int(text)
+
+
+def _target(text: str) -> tuple[str, int]:
+    """Parse ``host``, ``host:port``, ``[v6]:port``, ``[v6]`` or a bare IPv6 address."""
+    port = str(DEFAULT_PORT)
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise argparse.ArgumentTypeError(f"not HOST[:PORT]: {text!r}")
+        port = rest[1:] if rest else port
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    else:
+        host = text  # a name, an IPv4 address, or a bare IPv6 address (no port)
+    if not host:
+        raise argparse.ArgumentTypeError(f"no host in {text!r}")
+    return host, _port(port)
+
+
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
+def _read_password_file(path: str) -> str:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read password file {path}: {exc}") from None
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise UsageError(f"password file {path} is empty")
+    return lines[0]
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_file:
+        return _read_password_file(args.password_file)
+    env = os.environ.get("TCPFT_PASSWORD")
+    if env is not None:
+        return env
+    if sys.stdin.isatty():
+        return getpass.getpass("password: ")
+    raise UsageError("no password: set TCPFT_PASSWORD or use --password-file")
+
+
+def _default_user() -> str:
+    env = os.environ.get("TCPFT_USER")
+    if env:
+        return env
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        raise UsageError("no user name: use --user or set TCPFT_USER") from None
+
+
+def _trust(known_hosts: Path) -> TrustNew:
+    """SSH-style trust on first use: ask on a terminal, else pin and warn."""
+
+    def decide(label: str, fp: str) -> bool:
+        if not sys.stdin.isatty():
+            _err(
+                f"tcpft: warning: {label} is unknown; pinned its fingerprint {fp} in {known_hosts}"
+            )
+            return True
+        _err(f"The authenticity of {label} can't be established.\nCertificate fingerprint: {fp}")
+        if not _yes("Trust this server? [y/N] ", False):
+            return False
+        _err(f"tcpft: pinned {label} in {known_hosts}")
+        return True
+
+    return decide
+
+
+def _connect(args: argparse.Namespace, host: str, port: int, user: str, password: str) -> Session:
+    known_hosts = Path(args.known_hosts) if args.known_hosts else known_hosts_path()
+    return connect(
+        host.strip("[]"),
+        port,
+        user=user,
+        password=password,
+        plaintext=args.plaintext,
+        fingerprint=args.fingerprint,
+        cafile=args.cafile,
+        known_hosts=known_hosts,
+        trust_new=_trust(known_hosts),
+        timeout=args.timeout,
+        limit_rate=args.limit_rate,
+    )
+
+
+def _session(args: argparse.Namespace) -> Session:
+    host, port = args.target
+    return _connect(args, host, port, args.user or _default_user(), _password(args))
+
+
+def _reporter(args: argparse.Namespace, verb: str) -> Reporter:
+    if getattr(args, "json", False):
+        return JsonReporter(verb)
+    if args.quiet or not sys.stderr.isatty():
+        return Reporter(verb, quiet=args.quiet)
+    return BarReporter(verb)
+
+
+# --- scripting commands ------------------------------------------------------------------
+
+
+def _cmd_ls(args: argparse.Namespace) -> int:
+    with _session(args) as s:
+        entries = (
+            s.list(args.path, recursive=args.recursive)
+            if args.path or args.recursive
+            else s.listing
+        )
+    for e in entries:
+        print(json.dumps(entry_record(e)) if args.json else listing_line(e))
+    return 0
+
+
+def _glob(s: Session, pattern: str) -> list[str]:
+    found = [e.path for e in s.glob(pattern)]
+    if not found:
+        raise InvalidName(f"no file matches {pattern}")
+    return found
+
+
+def _cmd_get(args: argparse.Namespace) -> int:
+    many = len(args.names) > 1 or args.recursive or any(_GLOB_CHARS & set(n) for n in args.names)
+    dest = Path(args.output) if args.output else (Path(".") if many else None)
+    if many and dest is not None:
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise LocalFileError(f"cannot create {dest}: {exc.strerror}") from None
+    opts = {"force": args.force, "resume": args.resume}
+    with _session(args) as s, _reporter(args, "received") as rep:
+        try:
+            for name in args.names:
+                if args.recursive:
+                    track = functools.partial(_track_entry, rep)
+                    tree = functools.partial(
+                        s.download_tree, name, dest or ".", progress_for=track, **opts
+                    )
+                    for got in rep.attempt(name, tree) or []:
+                        rep.finished(got.remote, got)
+                    continue
+                glob = _GLOB_CHARS & set(name)
+                paths = rep.attempt(name, functools.partial(_glob, s, name)) if glob else [name]
+                for path in paths or []:
+                    get = functools.partial(
+                        s.download, path, dest, progress=rep.track(path), **opts
+                    )
+                    if (result := rep.attempt(path, get)) is not None:
+                        rep.finished(path, result)
+        except Stop:
+            pass
+    return rep.failures[0] if rep.failures else 0
+
+
+def _track_entry(rep: Reporter, entry: Entry) -> Progress | None:
+    return rep.track(entry.path)
+
+
+def _cmd_put(args: argparse.Namespace) -> int:
+    local = Path(args.local)
+    if local.is_dir():
+        raise UsageError(f"{local} is a directory; only single files can be uploaded (no -r yet)")
+    if not local.is_file():
+        raise LocalFileError(f"{local}: no such file")
+    remote = args.remote or local.name
+    with _session(args) as s, _reporter(args, "sent") as rep:
+        opts = {"force": args.force, "resume": args.resume, "progress": rep.track(remote)}
+        try:
+            result = rep.attempt(remote, functools.partial(s.upload, local, remote, **opts))
+            if result is not None:
+                rep.finished(remote, result)
+        except Stop:
+            pass
+    return rep.failures[0] if rep.failures else 0
+
+
+# --- the interactive client --------------------------------------------------------------
+
+
+def _cmd_client(args: argparse.Namespace) -> int:
+    user = args.user or (_ask("user: ") or "").strip()
+    if not user:
+        raise UsageError("no user name given")
+    if args.password_file:
+        password = _read_password_file(args.password_file)
+    else:
+        password = getpass.getpass("password: ")
+    out = Path(args.output) if args.output else Path(".")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalFileError(f"cannot create {out}: {exc.strerror}") from None
+    console = Console(highlight=False)
+    with _connect(args, args.host, args.port, user, password) as s:
+        console.print(listing_table(s.listing))
+        while True:
+            name = _ask("file (empty to quit): ")
+            if name is None or not name.strip():
+                return 0
+            try:
+                target = out / split_path(name)[-1]
+                force = resume = False
+                if os.path.lexists(target):
+                    if not _yes(f"{printable(str(target))} exists; overwrite? [y/N] ", False):
+                        continue
+                    force = True
+                if os.path.exists(target.with_name(target.name + PARTIAL_SUFFIX)):
+                    resume = _yes("a partial download exists; resume? [Y/n] ", True)
+                bar = sys.stderr.isatty()
+                with BarReporter("received") if bar else Reporter("received") as rep:
+                    result = s.download(
+                        name, out, force=force, resume=resume, progress=rep.track(name)
+                    )
+                    rep.finished(name, result)
+                return 0
+            except InvalidName as exc:
+                _err(error_line(exc))
+                console.print(listing_table(getattr(exc, "listing", None) or s.listing))
+
+
+# --- the server --------------------------------------------------------------------------
+
+
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    config = load_config(Path(args.config)) if args.config else ServerConfig()
+    flags = {
+        "root": args.dir and Path(args.dir).resolve(),
+        "host": args.host,
+        "port": args.port,
+        "state_dir": args.state_dir and Path(args.state_dir),
+        "users_file": args.users and Path(args.users),
+        "plaintext": args.plaintext,
+        "cert_file": args.cert and Path(args.cert),
+        "key_file": args.key and Path(args.key),
+        "limit_rate": args.limit_rate,
+        "max_upload_size": args.max_upload_size,
+    }
+    for key, value in flags.items():
+        if value is not None:
+            setattr(config, key, value)
+    config.validate()
+    return config
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = _server_config(args)
+    if args.print_config:
+        for key, value in config.as_dict().items():
+            print(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
+        return 0
+    if not config.root.is_dir():
+        raise UsageError(f"cannot serve {config.root}: not a directory")
+    path = config.users_path()
+    if path.exists():
+        users = UserStore.load(path)
+    else:
+        users, password = create_default(path)
+        name = users.users()[0].name
+        _err(
+            f"tcpft: created the users file {path} with one account (shown only this once):\n"
+            f"    user:     {name}\n    password: {password}\n"
+            f"tcpft: add accounts with: tcpft user add NAME --users {path}"
+        )
+    ctx = None
+    if config.plaintext:
+        _err("tcpft: warning: --plaintext: passwords and files travel UNENCRYPTED")
+    else:
+        if config.cert_file and config.key_file:
+            cert, key_file = config.cert_file, config.key_file
+        else:
+            cert, key_file = ensure_server_certificate(config.state_dir)
+        ctx = server_context(cert, key_file)
+        _err(f"fingerprint: {certificate_fingerprint(cert)}")
+    asyncio.run(_serve(Server(config, users, ctx)))
+    return 0
+
+
+async def _serve(server: Server) -> None:
+    try:
+        await server.start()
+    except OSError as exc:
+        where = f"{server.config.host or '*'}:{server.config.port}"
+        raise ConnectError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    for host, port in server.addresses:
+        shown = f"[{host}]" if ":" in host else host
+        _err(f"tcpft: serving {server.config.root} on {shown}:{port}")
+    loop = asyncio.get_running_loop()
+    stops: list[asyncio.Task[None]] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        if stops:
+            _err(f"tcpft: {sig.name} again: closing every connection now")
+            stops.append(loop.create_task(server.shutdown(0.0)))
+            return
+        grace = server.config.shutdown_grace
+        _err(f"tcpft: {sig.name}: shutting down (transfers may finish within {grace:g} s)")
+        stops.append(loop.create_task(server.shutdown()))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await server.serve_forever()
+    if not stops:
+        stops.append(loop.create_task(server.shutdown()))
+    while not all(t.done() for t in stops):
+        await asyncio.wait(list(stops))
+    _err("tcpft: stopped")
+
+
+# --- users -------------------------------------------------------------------------------
+
+
+def _new_password(name: str) -> str:
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        return line.rstrip("\r\n")
+    first = getpass.getpass(f"password for {name}: ")
+    if getpass.getpass("again: ") != first:
+        raise UsageError("the two passwords do not match")
+    return first
+
+
+def _cmd_user(args: argparse.Namespace) -> int:
+    state = Path(args.state_dir) if args.state_dir else default_state_dir()
+    path = Path(args.users) if args.users else state / "users"
+    if args.action == "list":
+        for u in UserStore.load(path).users():
+            print(f"{u.name}  {'rw' if u.can_write else 'r'}")
+        return 0
+    store = UserStore.load(path) if path.exists() else UserStore()
+    if args.action == "add":
+        user = store.add(
+            args.name, _new_password(args.name), write=args.write, replace=args.replace
+        )
+        done = f"added user {user.name} ({'rw' if user.can_write else 'r'})"
+    else:
+        store.remove(args.name)
+        done = f"removed user {args.name}"
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise LocalFileError(f"cannot create {path.parent}: {exc.strerror}") from None
+    store.save(path)
+    _err(f"tcpft: {done} in {path}")
+    return 0
+
+
+# --- the parser --------------------------------------------------------------------------
+
+
+def _serve_options(p: argparse.ArgumentParser, *, port_option: bool) -> None:
+    if port_option:
+        p.add_argument(
+            "--port", type=functools.partial(_port, allow_zero=True), help=f"default {DEFAULT_PORT}"
+        )
+    p.add_argument("--host", help="address to listen on (default: every interface)")
+    p.add_argument("--users", metavar="FILE", help="users file (default: STATE_DIR/users)")
+    p.add_argument("--state-dir", metavar="DIR", help="certificate and default users file")
+    p.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
+    p.add_argument("--plaintext", action="store_true", default=None, help="no TLS (unsafe)")
+    p.add_argument("--cert", metavar="FILE", help="TLS certificate (PEM), with --key")
+    p.add_argument("--key", metavar="FILE", help="TLS private key (PEM)")
+    p.add_argument("--limit-rate", type=_size, metavar="RATE", help="bytes/s per connection (10M)")
+    p.add_argument("--max-upload-size", type=_size, metavar="SIZE", help="largest upload (1G)")
+    p.add_argument("--print-config", action="store_true", help="print the settings and exit")
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    loud = common.add_mutually_exclusive_group()
+    loud.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    loud.add_argument("-q", "--quiet", action="store_true", help="less output")
+
+    conn = argparse.ArgumentParser(add_help=False)
+    conn.add_argument("--user", help="user name (default: $TCPFT_USER, else your login name)")
+    conn.add_argument("--password-file", metavar="FILE", help="first line is the password")
+    conn.add_argument("--known-hosts", metavar="FILE", help="pinned server fingerprints")
+    conn.add_argument("--fingerprint", metavar="SHA256:...", help="expect this certificate")
+    conn.add_argument("--cafile", metavar="FILE", help="verify the server with these CAs")
+    conn.add_argument("--plaintext", action="store_true", help="no TLS (unsafe)")
+    conn.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    conn.add_argument("--limit-rate", type=_size, metavar="RATE", help="bytes per second (10M)")
+
+    parser = argparse.ArgumentParser(prog="tcpft", description="Authenticated TLS file transfer.")
+    parser.add_argument("--version", action="version", version=f"tcpft {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", parents=[common], help="serve a directory")
+    p.add_argument("dir", nargs="?", help="directory to serve (default: current)")
+    _serve_options(p, port_option=True)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("server", parents=[common], help="serve: tcpft server PORT [DIR]")
+    p.add_argument("port", type=functools.partial(_port, allow_zero=True))
+    p.add_argument("dir", nargs="?", help="directory to serve (default: current)")
+    _serve_options(p, port_option=False)
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("client", parents=[common, conn], help="interactive download")
+    p.add_argument("host")
+    p.add_argument("port", type=_port)
+    p.add_argument("-o", "--output", metavar="DIR", help="download into DIR (default: .)")
+    p.set_defaults(func=_cmd_client)
+
+    p = sub.add_parser("ls", parents=[common, conn], help="list a directory")
+    p.add_argument("target", type=_target, metavar="HOST[:PORT]")
+    p.add_argument("path", nargs="?", default="")
+    p.add_argument("-R", "--recursive", action="store_true")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=_cmd_ls)
+
+    p = sub.add_parser("get", parents=[common, conn], help="download files")
+    p.add_argument("target", type=_target, metavar="HOST[:PORT]")
+    p.add_argument("names", nargs="+", metavar="NAME", help="a path or a glob (*.iso)")
+    p.add_argument("-o", "--output", metavar="DEST", help="file or directory")
+    p.add_argument("-r", "--recursive", action="store_true", help="download directories")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--resume", action="store_true", help="continue a partial download")
+    p.add_argument("--json", action="store_true", help="NDJSON progress events on stdout")
+    p.set_defaults(func=_cmd_get)
+
+    p = sub.add_parser("put", parents=[common, conn], help="upload a file")
+    p.add_argument("target", type=_target, metavar="HOST[:PORT]")
+    p.add_argument("local")
+    p.add_argument("remote", nargs="?")
+    p.add_argument("--force", action="store_true", help="overwrite the remote file")
+    p.add_argument("--resume", action="store_true", help="continue a partial upload")
+    p.add_argument("--json", action="store_true", help="NDJSON progress events on stdout")
+    p.set_defaults(func=_cmd_put)
+
+    p = sub.add_parser("user", help="manage the users file")
+    users = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    files = argparse.ArgumentParser(add_help=False, parents=[common])
+    files.add_argument("--users", metavar="FILE", help="users file (default: STATE_DIR/users)")
+    files.add_argument("--state-dir", metavar="DIR")
+    q = users.add_parser("add", parents=[files], help="add an account")
+    q.add_argument("name")
+    q.add_argument("--write", action="store_true", help="may upload")
+    q.add_argument("--replace", action="store_true", help="replace an existing account")
+    users.add_parser("del", parents=[files], help="delete an account").add_argument("name")
+    users.add_parser("list", parents=[files], help="list the accounts")
+    p.set_defaults(func=_cmd_user)
+    return parser
