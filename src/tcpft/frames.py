@@ -92,6 +92,7 @@ class FrameDecoder:
         end = FRAME_HEADER_SIZE + length
         if len(buf) < end:
             return None
-        payload = bytes(buf[FRAME_HEADER_SIZE:end])
+        with memoryview(buf) as view:
+            payload = bytes(view[FRAME_HEADER_SIZE:end])  # one copy, not two
         del buf[:end]
         return Frame(frame_type, payload)

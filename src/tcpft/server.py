@@ -73,6 +73,10 @@ class _ReadFailed(Exception):
     """Reading the file being sent failed."""
 
 
+class _Abort(Exception):
+    """A frame was left half-sent: the connection can only be dropped."""
+
+
 class Server:
     """A tcpft server. Use ``async with Server(...) as srv: await srv.serve_forever()``.
 
@@ -283,6 +287,9 @@ class _Session:
             await self._requests()
         except _PeerClosed:
             pass
+        except _Abort as exc:
+            log.info("dropping %s: %s", self.addr, exc)
+            self.writer.transport.abort()
         except asyncio.CancelledError:
             if self.server.closing:
                 await self._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
@@ -438,6 +445,8 @@ class _Session:
 
     async def _stream_file(self, fd: int, start: int, size: int, hasher: Any) -> int:
         """Send ``[start, size)`` of ``fd`` as DATA frames; return the bytes sent."""
+        if hasher is None and self.server.ssl_context is None and self.pacer is None:
+            return await self._sendfile(fd, start, size)
         pos, chunk_size = start, self.cfg.chunk_size
         while pos < size:
             n = min(chunk_size, size - pos)
@@ -455,6 +464,26 @@ class _Session:
                 await asyncio.sleep(self.pacer.delay(len(chunk)))
             if len(chunk) < n:
                 break
+        return pos - start
+
+    async def _sendfile(self, fd: int, start: int, size: int) -> int:
+        """Plaintext with a known digest: let the kernel copy the file (os.sendfile)."""
+        loop = asyncio.get_running_loop()
+        pos = start
+        with open(fd, "rb", buffering=0, closefd=False) as fh:
+            while pos < size:
+                n = min(self.cfg.chunk_size, size - pos)
+                self.writer.write(self.conn.send_data_header(n))
+                try:
+                    async with asyncio.timeout(self.cfg.stall_timeout):
+                        sent = await loop.sendfile(self.writer.transport, fh, pos, n)
+                except TimeoutError:
+                    raise _Abort("client stopped reading") from None
+                except OSError as exc:
+                    raise _Abort(f"sendfile failed: {exc.strerror or exc}") from None
+                if sent < n:  # the file shrank: the frame cannot be completed
+                    raise _Abort("the file shrank while it was being sent")
+                pos += n
         return pos - start
 
     # --- upload --------------------------------------------------------------------

@@ -225,3 +225,15 @@ def test_server_cut_mid_download_is_not_a_clean_end(
         s.download("slow.bin", env.client, progress=stop_server)
     s.close()
     assert not (env.client / "slow.bin").exists()
+
+
+def test_plaintext_repeat_download_uses_the_cached_digest(
+    env: Env, start_server: Callable[..., ServerThread], login: Login
+) -> None:
+    plain = start_server(plaintext=True, chunk_size=256 * 1024)
+    with login(plain) as s:
+        first = s.download("data.bin", env.client / "1")
+        assert plain.call(lambda: len(plain.server.hashes)) == 1
+        second = s.download("data.bin", env.client / "2")  # sent with os.sendfile
+    assert first.sha256 == second.sha256 == _sha(env.root / "data.bin")
+    assert (env.client / "2").read_bytes() == (env.root / "data.bin").read_bytes()
