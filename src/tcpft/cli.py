@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # --help, --version, or a usage error (status 2)
-        return exc.code if isinstance(exc.code, int) else 2
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
     level = logging.INFO if args.func is _cmd_serve else logging.WARNING
     if args.verbose:
         level = logging.DEBUG
@@ -155,24 +155,20 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-def _read_password_file(path: str) -> str:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read password file {path}: {exc}") from None
-    lines = text.splitlines()
-    if not lines or not lines[0]:
-        raise UsageError(f"password file {path} is empty")
-    return lines[0]
-
-
-def _password(args: argparse.Namespace) -> str:
-    if args.password_file:
-        return _read_password_file(args.password_file)
+def _password(args: argparse.Namespace, *, ask: bool = False) -> str:
+    """From --password-file, else $TCPFT_PASSWORD (unless ``ask``), else a hidden prompt."""
+    if path := args.password_file:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read password file {path}: {exc}") from None
+        if not lines or not lines[0]:
+            raise UsageError(f"password file {path} is empty")
+        return lines[0]
     env = os.environ.get("TCPFT_PASSWORD")
-    if env is not None:
+    if env is not None and not ask:
         return env
-    if sys.stdin.isatty():
+    if ask or sys.stdin.isatty():
         return getpass.getpass("password: ")
     raise UsageError("no password: set TCPFT_PASSWORD or use --password-file")
 
@@ -319,10 +315,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
     user = args.user or (_ask("user: ") or "").strip()
     if not user:
         raise UsageError("no user name given")
-    if args.password_file:
-        password = _read_password_file(args.password_file)
-    else:
-        password = getpass.getpass("password: ")
+    password = _password(args, ask=True)
     out = Path(args.output) if args.output else Path(".")
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -361,21 +354,13 @@ def _cmd_client(args: argparse.Namespace) -> int:
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
     config = load_config(Path(args.config)) if args.config else ServerConfig()
-    flags = {
-        "root": args.dir and Path(args.dir).resolve(),
-        "host": args.host,
-        "port": args.port,
-        "state_dir": args.state_dir and Path(args.state_dir),
-        "users_file": args.users and Path(args.users),
-        "plaintext": args.plaintext,
-        "cert_file": args.cert and Path(args.cert),
-        "key_file": args.key and Path(args.key),
-        "limit_rate": args.limit_rate,
-        "max_upload_size": args.max_upload_size,
-    }
-    for key, value in flags.items():
-        if value is not None:
-            setattr(config, key, value)
+    paths = {"root": "dir", "users_file": "users", "cert_file": "cert", "key_file": "key"}
+    for key, flag in {**paths, "state_dir": "state_dir"}.items():
+        if (value := getattr(args, flag)) is not None:
+            setattr(config, key, Path(value).absolute())
+    for key in ("host", "port", "plaintext", "limit_rate", "max_upload_size"):
+        if getattr(args, key) is not None:
+            setattr(config, key, getattr(args, key))
     config.validate()
     return config
 

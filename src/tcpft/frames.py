@@ -71,6 +71,19 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._buf)
 
+    @property
+    def wanted(self) -> int:
+        """Bytes still missing to complete the frame being received (at least 1).
+
+        Only meaningful after :meth:`next_frame` returned None: by then the header
+        (if complete) has passed the limit check.
+        """
+        buf = self._buf
+        if len(buf) < FRAME_HEADER_SIZE:
+            return FRAME_HEADER_SIZE - len(buf)
+        length: int = HEADER.unpack_from(buf)[1]
+        return max(FRAME_HEADER_SIZE + length - len(buf), 1)
+
     def next_frame(self, limit_for: LimitFor) -> Frame | None:
         """Return the next complete frame, or None if more bytes are needed.
 

@@ -32,10 +32,11 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.progress import Progress as RichProgress
 from rich.table import Table
@@ -199,6 +200,15 @@ class Reporter:
         return None
 
 
+class _SpeedColumn(ProgressColumn):
+    """Transfer speed in binary units, like the rest of the output (``3.4 MiB/s``)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        shown = "?" if speed is None else human_size(speed) + "/s"
+        return Text(shown, style="progress.data.speed")
+
+
 class BarReporter(Reporter):
     """A transient rich progress bar per file on stderr; summaries printed above it."""
 
@@ -209,7 +219,7 @@ class BarReporter(Reporter):
             TextColumn("{task.description}", markup=False),
             BarColumn(),
             DownloadColumn(binary_units=True),
-            TransferSpeedColumn(),
+            _SpeedColumn(),
             TimeRemainingColumn(),
             console=self.console,
             transient=True,

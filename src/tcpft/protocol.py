@@ -252,6 +252,15 @@ class Connection:
         else:
             self._eof = True
 
+    @property
+    def bytes_wanted(self) -> int:
+        """After NEED_DATA: bytes still missing for the frame in progress (at least 1).
+
+        A driver may read that many before calling :meth:`next_event` again, instead
+        of waking up the core for every small piece the transport returns.
+        """
+        return self._decoder.wanted
+
     def next_event(self) -> Event:
         """The next message from the peer, NEED_DATA, or CLOSED (a clean close).
 
