@@ -129,6 +129,7 @@ PRELOGIN_STATES: Final = frozenset({State.HELLO, State.WELCOME, State.AUTH, Stat
 CLEAN_EOF_STATES: Final = frozenset({State.READY, State.CLOSED})
 
 _BULK_TYPES: Final = frozenset({Data.TYPE, ListEntries.TYPE})
+_ALLOWED: Final = frozenset((s, r, m.TYPE) for (s, r, m) in TRANSITIONS)
 
 
 def next_state(state: State, sender: Role, msg: Message) -> State:
@@ -150,9 +151,7 @@ def payload_limit(state: State, sender: Role, frame_type: int) -> int | None:
     """Largest payload of ``frame_type`` that ``sender`` may send in ``state``, or None."""
     if state is State.CLOSED:
         return None
-    if frame_type != Error.TYPE and not any(
-        s is state and r is sender and frame_type == m.TYPE for (s, r, m) in TRANSITIONS
-    ):
+    if frame_type != Error.TYPE and (state, sender, frame_type) not in _ALLOWED:
         return None
     if state in PRELOGIN_STATES:
         return MAX_PRELOGIN_PAYLOAD

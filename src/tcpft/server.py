@@ -451,7 +451,10 @@ class _Session:
         while pos < size:
             n = min(chunk_size, size - pos)
             try:
-                chunk = await asyncio.to_thread(_read_chunk, fd, n, pos, hasher)
+                if hasher is None:  # a page-cache read: cheaper than a thread hop
+                    chunk = os.pread(fd, n, pos)
+                else:  # hashing too: off the event loop (hashlib releases the GIL)
+                    chunk = await asyncio.to_thread(_read_chunk, fd, n, pos, hasher)
             except OSError as exc:
                 raise _ReadFailed(str(exc.strerror or exc)) from None
             if not chunk:
