@@ -1,0 +1,454 @@
+"""The ``tcpft`` command line as scripts use it: real subprocesses against real servers.
+
+Every command runs as ``python -m tcpft ...`` with its own config and state directories,
+stdin not a terminal, against a TLS server on 127.0.0.1 (the ``start_server`` fixture)
+or against ``tcpft serve`` itself started as a subprocess.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpft.cli import _target
+
+from ..conftest import ALICE, BOB, Env, ServerThread
+
+pytestmark = pytest.mark.timeout(60)
+
+WRONG_FP = "SHA256:" + base64.b64encode(bytes(32)).decode().rstrip("=")
+
+
+def cli_env(env: Env, password: str | None = ALICE[1], user: str = ALICE[0]) -> dict[str, str]:
+    """The environment of a CLI subprocess: its own config and state directories."""
+    e = dict(os.environ)
+    e.pop("TCPFT_PASSWORD", None)
+    e.update(
+        TCPFT_CONFIG_DIR=str(env.client.parent / "config"),
+        TCPFT_STATE_DIR=str(env.client.parent / "cli-state"),
+        TCPFT_USER=user,
+        PYTHONUNBUFFERED="1",
+    )
+    if password is not None:
+        e["TCPFT_PASSWORD"] = password
+    return e
+
+
+def tcpft(
+    env: Env,
+    *args: str,
+    password: str | None = ALICE[1],
+    user: str = ALICE[0],
+    cwd: Path | None = None,
+    stdin: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m tcpft ARGS`` to completion (stdin: ``stdin`` or /dev/null)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tcpft", *args],
+        env=cli_env(env, password, user),
+        cwd=cwd or env.client,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        text=True,
+        timeout=45,
+    )
+
+
+def addr(srv: ServerThread) -> str:
+    return f"127.0.0.1:{srv.port}"
+
+
+def known_hosts(env: Env) -> Path:
+    return env.client.parent / "config" / "known_hosts"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+# --- ls ----------------------------------------------------------------------------------
+
+
+def test_ls_plain(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "ls", addr(server))
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    pattern = re.compile(r"^\s*(\S+(?: \S+)?)  (\d{4}-\d\d-\d\d \d\d:\d\d)  (.+)$")
+    names = {m.group(3) for m in map(pattern.match, lines) if m}
+    assert names == {"hello.txt", "data.bin", "sub/"}
+    assert len(lines) == 3
+    assert any(line.strip().startswith("3.0 MiB") for line in lines)
+
+
+def test_ls_json_and_recursive(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "ls", addr(server), "--json", "-R")
+    assert r.returncode == 0, r.stderr
+    records = {rec["path"]: rec for rec in map(json.loads, r.stdout.splitlines())}
+    assert set(records) == {"hello.txt", "data.bin", "sub", "sub/inner.txt"}
+    data = records["data.bin"]
+    st = (env.root / "data.bin").stat()
+    assert data["type"] == "file" and data["size"] == st.st_size
+    assert data["mtime_ns"] == st.st_mtime_ns
+    assert data["mtime"] == pytest.approx(st.st_mtime_ns / 1e9)
+    assert records["sub"]["type"] == "dir"
+
+    r = tcpft(env, "ls", addr(server), "sub", "--json")
+    assert [json.loads(line)["path"] for line in r.stdout.splitlines()] == ["sub/inner.txt"]
+
+
+def test_ls_missing_directory_exits_6(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "ls", addr(server), "nope")
+    assert r.returncode == 6
+    assert r.stderr.strip().endswith("tcpft: error: no such directory: nope")
+
+
+# --- get ---------------------------------------------------------------------------------
+
+
+def test_get_file_is_byte_identical(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "get", addr(server), "data.bin")
+    assert r.returncode == 0, r.stderr
+    assert (env.client / "data.bin").read_bytes() == (env.root / "data.bin").read_bytes()
+    assert re.search(
+        r"received data\.bin: 3\.0 MiB in [\d.]+ s \(.+/s\), sha256 verified", r.stderr
+    )
+    assert not list(env.client.glob("*.tcpft-part"))
+
+
+def test_get_bad_name_exits_6(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "get", addr(server), "no-such-file")
+    assert r.returncode == 6
+    assert "tcpft: error: no such file: no-such-file" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (env.client / "no-such-file").exists()
+
+
+def test_get_existing_destination(server: ServerThread, env: Env) -> None:
+    dest = env.client / "hello.txt"
+    dest.write_text("mine\n")
+    r = tcpft(env, "get", addr(server), "hello.txt")
+    assert r.returncode == 9
+    assert "exists" in r.stderr
+    assert dest.read_text() == "mine\n"
+    r = tcpft(env, "get", addr(server), "hello.txt", "--force")
+    assert r.returncode == 0, r.stderr
+    assert dest.read_text() == "hello, world\n"
+
+
+def test_get_glob(server: ServerThread, env: Env) -> None:
+    (env.root / "other.txt").write_text("other\n")
+    r = tcpft(env, "get", addr(server), "*.txt", "-o", "out")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (env.client / "out").iterdir()) == ["hello.txt", "other.txt"]
+    r = tcpft(env, "get", addr(server), "*.iso")
+    assert r.returncode == 6
+    assert "no file matches *.iso" in r.stderr
+
+
+def test_get_recursive(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "get", addr(server), "-r", "sub", "-o", "tree")
+    assert r.returncode == 0, r.stderr
+    assert (env.client / "tree" / "sub" / "inner.txt").read_text() == "inner\n"
+
+
+def test_get_json_events(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "get", addr(server), "data.bin", "nope", "--json")
+    assert r.returncode == 6
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-2:] == ["done", "error"]
+    assert set(kinds[1:-2]) <= {"progress"}
+    size = (env.root / "data.bin").stat().st_size
+    assert events[0] == {"event": "start", "path": "data.bin", "size": size, "offset": 0}
+    done = events[-2]
+    assert done["size"] == done["bytes_transferred"] == size
+    assert done["sha256"] == hashlib.sha256((env.root / "data.bin").read_bytes()).hexdigest()
+    assert Path(env.client, done["local"]).resolve() == (env.client / "data.bin").resolve()
+    assert events[-1]["path"] == "nope" and events[-1]["code"] == 6
+
+
+# --- put ---------------------------------------------------------------------------------
+
+
+def test_put_by_writer(server: ServerThread, env: Env) -> None:
+    local = env.client / "up.bin"
+    local.write_bytes(os.urandom(200_000))
+    r = tcpft(env, "put", addr(server), "up.bin", "sub/uploaded.bin", "--json")
+    assert r.returncode == 0, r.stderr
+    done = json.loads(r.stdout.splitlines()[-1])
+    assert done["event"] == "done" and done["size"] == 200_000
+    assert (env.root / "sub" / "uploaded.bin").read_bytes() == local.read_bytes()
+
+
+def test_put_by_read_only_user_exits_8(server: ServerThread, env: Env) -> None:
+    (env.client / "up.txt").write_text("nope\n")
+    r = tcpft(env, "put", addr(server), "up.txt", user=BOB[0], password=BOB[1])
+    assert r.returncode == 8
+    assert "read-only" in r.stderr
+    assert not (env.root / "up.txt").exists()
+
+
+def test_put_directory_is_a_usage_error(server: ServerThread, env: Env) -> None:
+    (env.client / "d").mkdir()
+    r = tcpft(env, "put", addr(server), "d")
+    assert r.returncode == 2
+    assert "is a directory" in r.stderr
+
+
+# --- login and trust ---------------------------------------------------------------------
+
+
+def test_wrong_password_exits_4(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "ls", addr(server), password="wrong-password")
+    assert r.returncode == 4
+    assert r.stderr.strip().endswith("tcpft: error: login failed")
+
+
+def test_no_password_without_terminal_exits_2(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "ls", addr(server), password=None)
+    assert r.returncode == 2
+    assert "no password: set TCPFT_PASSWORD or use --password-file" in r.stderr
+
+
+def test_password_file(server: ServerThread, env: Env) -> None:
+    pw = env.client / "pw"
+    pw.write_text(ALICE[1] + "\n")
+    r = tcpft(env, "ls", addr(server), "--password-file", str(pw), password=None)
+    assert r.returncode == 0, r.stderr
+
+
+def test_fingerprint_option(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "ls", addr(server), "--fingerprint", WRONG_FP)
+    assert r.returncode == 5
+    assert WRONG_FP in r.stderr
+    assert server.fingerprint is not None
+    r = tcpft(env, "ls", addr(server), "--fingerprint", server.fingerprint)
+    assert r.returncode == 0, r.stderr
+    assert not known_hosts(env).exists()  # an explicit fingerprint pins nothing
+
+
+def test_known_hosts_pinned_then_mismatch(server: ServerThread, env: Env) -> None:
+    r = tcpft(env, "ls", addr(server))
+    assert r.returncode == 0, r.stderr
+    assert "warning" in r.stderr and str(known_hosts(env)) in r.stderr
+    assert server.fingerprint is not None
+    text = known_hosts(env).read_text()
+    assert f"127.0.0.1:{server.port} {server.fingerprint}" in text
+    known_hosts(env).write_text(text.replace(server.fingerprint, WRONG_FP))
+    r = tcpft(env, "ls", addr(server))
+    assert r.returncode == 5
+    assert str(known_hosts(env)) in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1  # one line, even for a long message
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("host", ("host", 7878)),
+        ("host:9000", ("host", 9000)),
+        ("[::1]:9000", ("::1", 9000)),
+        ("[::1]", ("::1", 7878)),
+        ("::1", ("::1", 7878)),
+    ],
+)
+def test_host_port_parsing(text: str, expected: tuple[str, int]) -> None:
+    assert _target(text) == expected
+
+
+@pytest.mark.parametrize("target", ["host:0", "host:99999", "host:x", "[::1]x", ":80"])
+def test_bad_host_port_is_a_usage_error(env: Env, target: str) -> None:
+    r = tcpft(env, "ls", target)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "usage:" in r.stderr
+
+
+# --- server configuration and users ------------------------------------------------------
+
+
+def test_print_config(env: Env, tmp_path: Path) -> None:
+    config = tmp_path / "tcpft.toml"
+    config.write_text('port = 9000\nlimit_rate = "1M"\nlogin_timeout = 5\nroot = "files"\n')
+    r = tcpft(env, "serve", "--config", str(config), "--port", "9100", "--print-config")
+    assert r.returncode == 0, r.stderr
+    lines = set(r.stdout.splitlines())
+    assert "port = 9100" in lines
+    assert "limit_rate = 1048576" in lines
+    assert "login_timeout = 5.0" in lines
+    assert f"root = {json.dumps(str(tmp_path / 'files'))}" in lines
+    assert "# users_file = (unset)" in lines and "plaintext = false" in lines
+    assert not (env.client.parent / "cli-state").exists()  # nothing created
+
+
+def test_bad_config_file_exits_2(env: Env, tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text("colour = 'blue'\n")
+    r = tcpft(env, "serve", "--config", str(config), "--print-config")
+    assert r.returncode == 2
+    assert "unknown key 'colour'" in r.stderr
+
+
+def test_user_add_list_del(env: Env, tmp_path: Path) -> None:
+    users = tmp_path / "users"
+    r = tcpft(env, "user", "add", "carol", "--write", "--users", str(users), stdin="carol-pw-3\n")
+    assert r.returncode == 0, r.stderr
+    r = tcpft(env, "user", "add", "dave", "--users", str(users), stdin="dave-pw-4\n")
+    assert r.returncode == 0, r.stderr
+    r = tcpft(env, "user", "list", "--users", str(users))
+    assert r.stdout.split() == ["carol", "rw", "dave", "r"]
+    r = tcpft(env, "user", "add", "dave", "--users", str(users), stdin="x\n")
+    assert r.returncode == 2 and "already exists" in r.stderr
+    r = tcpft(env, "user", "del", "carol", "--users", str(users))
+    assert r.returncode == 0, r.stderr
+    r = tcpft(env, "user", "list", "--users", str(users))
+    assert r.stdout.split() == ["dave", "r"]
+    r = tcpft(env, "user", "del", "carol", "--users", str(users))
+    assert r.returncode == 2 and "no such user" in r.stderr
+
+
+def test_user_added_can_log_in(start_server: Callable[..., ServerThread], env: Env) -> None:
+    r = tcpft(env, "user", "add", "erin", "--state-dir", str(env.state), stdin="erin-pw-55\n")
+    assert r.returncode == 0, r.stderr
+    from tcpft.auth import UserStore
+
+    srv = start_server(users=UserStore.load(env.state / "users"))
+    r = tcpft(env, "ls", addr(srv), user="erin", password="erin-pw-55")
+    assert r.returncode == 0, r.stderr
+
+
+# --- tcpft serve as a real process -------------------------------------------------------
+
+
+class Running:
+    """A ``tcpft`` subprocess whose stderr is read line by line in a thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tcpft", *args],
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.seen:
+                if m := re.search(pattern, line):
+                    return m
+            left = deadline - time.monotonic()
+            if left <= 0 or (self.proc.poll() is not None and self.lines.empty()):
+                raise AssertionError(f"no {pattern!r} in {''.join(self.seen)}")
+            with contextlib.suppress(queue.Empty):
+                self.seen.append(self.lines.get(timeout=min(left, 0.5)))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Running]]:
+    procs: list[Running] = []
+
+    def start(args: list[str], env: dict[str, str], cwd: Path) -> Running:
+        procs.append(Running(args, env, cwd))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        p.kill()
+
+
+def test_serve_subprocess(env: Env, tmp_path: Path, spawn: Callable[..., Running]) -> None:
+    port, state = free_port(), tmp_path / "serve-state"
+    e = cli_env(env, password=None)
+    srv = spawn(
+        [
+            "serve",
+            str(env.root),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--state-dir",
+            str(state),
+        ],
+        e,
+        tmp_path,
+    )
+    user = srv.wait_for(r"^\s+user:\s+(\S+)").group(1)
+    password = srv.wait_for(r"^\s+password:\s+(\S+)").group(1)
+    assert srv.wait_for(r"users file (\S+)").group(1) == str(state / "users")
+    fp = srv.wait_for(r"^fingerprint: (SHA256:\S+)$").group(1)
+    srv.wait_for(rf"tcpft: serving .* on 127\.0\.0\.1:{port}$")
+    r = tcpft(
+        env,
+        "get",
+        f"127.0.0.1:{port}",
+        "hello.txt",
+        "--fingerprint",
+        fp,
+        user=user,
+        password=password,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (env.client / "hello.txt").read_text() == "hello, world\n"
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(10) == 0
+    srv.wait_for(r"tcpft: stopped")
+    assert sum(password in line for line in srv.seen) == 1  # shown once, never logged
+
+
+def test_server_original_usage(env: Env, tmp_path: Path, spawn: Callable[..., Running]) -> None:
+    port = free_port()
+    e = cli_env(env, password=None)
+    e["TCPFT_STATE_DIR"] = str(tmp_path / "orig-state")
+    srv = spawn(["server", str(port)], e, env.root)
+    password = srv.wait_for(r"^\s+password:\s+(\S+)").group(1)
+    srv.wait_for(rf"tcpft: serving {re.escape(str(env.root))} on .*:{port}$")
+    r = tcpft(env, "ls", f"127.0.0.1:{port}", "--json", user="tcpft", password=password)
+    assert r.returncode == 0, r.stderr
+    assert {json.loads(line)["path"] for line in r.stdout.splitlines()} == {
+        "hello.txt",
+        "data.bin",
+        "sub",
+    }
+    srv.proc.send_signal(signal.SIGINT)
+    assert srv.proc.wait(10) == 0
+
+
+def test_serve_missing_directory_exits_2(env: Env, tmp_path: Path) -> None:
+    r = tcpft(env, "serve", str(tmp_path / "nope"), "--port", "0")
+    assert r.returncode == 2
+    assert "nope" in r.stderr and "Traceback" not in r.stderr

@@ -1,0 +1,135 @@
+"""``tcpft client HOST PORT``, the founding sequence, driven through a terminal (pexpect)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pexpect
+import pytest
+
+from ..conftest import ALICE, Env, ServerThread
+
+pytestmark = pytest.mark.timeout(60)
+
+FILE_PROMPT = r"file \(empty to quit\): "
+TRUST_PROMPT = r"Trust this server\? \[y/N\] "
+
+
+@pytest.fixture
+def client(server: ServerThread, env: Env) -> Iterator[pexpect.spawn]:
+    """``tcpft client 127.0.0.1 PORT`` on a pseudo-terminal, in ``env.client``."""
+    child_env = dict(os.environ)
+    child_env.pop("TCPFT_PASSWORD", None)
+    child_env.update(
+        TCPFT_CONFIG_DIR=str(env.client.parent / "config"),
+        TCPFT_STATE_DIR=str(env.client.parent / "cli-state"),
+        TERM="xterm",
+    )
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "tcpft", "client", "127.0.0.1", str(server.port)],
+        env=child_env,
+        cwd=str(env.client),
+        timeout=20,
+        encoding="utf-8",
+        dimensions=(50, 160),
+    )
+    try:
+        yield child
+    finally:
+        if child.isalive():
+            child.terminate(force=True)
+        child.close()
+
+
+def log_in(child: pexpect.spawn, user: str, password: str) -> None:
+    child.expect("user: ")
+    child.sendline(user)
+    child.expect("password: ")
+    child.sendline(password)
+
+
+def test_founding_sequence(client: pexpect.spawn, server: ServerThread, env: Env) -> None:
+    log_in(client, *ALICE)
+    assert server.fingerprint is not None
+    client.expect_exact(server.fingerprint)
+    client.expect(TRUST_PROMPT)
+    client.sendline("y")
+    for name in ("data.bin", "hello.txt", "sub/"):  # the listing, sorted by name
+        client.expect_exact(name)
+    client.expect(FILE_PROMPT)
+
+    client.sendline("no-such-file")
+    client.expect_exact("tcpft: error: no such file: no-such-file")
+    for name in ("data.bin", "hello.txt", "sub/"):  # the listing again
+        client.expect_exact(name)
+    client.expect(FILE_PROMPT)
+
+    client.sendline("data.bin")
+    client.expect(r"received data\.bin: 3\.0 MiB in [\d.]+ s \([^)]+/s\), sha256 verified")
+    client.expect(pexpect.EOF)
+    client.close()
+    assert client.exitstatus == 0
+    assert (env.client / "data.bin").read_bytes() == (env.root / "data.bin").read_bytes()
+    assert (env.client.parent / "config" / "known_hosts").read_text().split()[-1] == (
+        server.fingerprint
+    )
+
+
+def test_wrong_password(client: pexpect.spawn) -> None:
+    log_in(client, ALICE[0], "not-the-password")
+    client.expect(TRUST_PROMPT)
+    client.sendline("y")
+    client.expect_exact("tcpft: error: login failed")
+    client.expect(pexpect.EOF)
+    client.close()
+    assert client.exitstatus == 4
+
+
+def test_refusing_the_server(client: pexpect.spawn, env: Env) -> None:
+    log_in(client, *ALICE)
+    client.expect(TRUST_PROMPT)
+    client.sendline("n")
+    client.expect_exact("is not a known host")
+    client.expect(pexpect.EOF)
+    client.close()
+    assert client.exitstatus == 5
+    assert not (env.client.parent / "config" / "known_hosts").exists()
+
+
+def test_existing_file_not_overwritten_then_quit(client: pexpect.spawn, env: Env) -> None:
+    (env.client / "hello.txt").write_text("mine\n")
+    log_in(client, *ALICE)
+    client.expect(TRUST_PROMPT)
+    client.sendline("y")
+    client.expect(FILE_PROMPT)
+    client.sendline("hello.txt")
+    client.expect(r"overwrite\? \[y/N\] ")
+    client.sendline("")
+    client.expect(FILE_PROMPT)
+    client.sendline("")
+    client.expect(pexpect.EOF)
+    client.close()
+    assert client.exitstatus == 0
+    assert (env.client / "hello.txt").read_text() == "mine\n"
+
+
+def test_partial_file_is_resumed(client: pexpect.spawn, env: Env) -> None:
+    data = os.urandom(9 * 1024 * 1024)
+    (env.root / "big.bin").write_bytes(data)
+    (env.client / "big.bin.tcpft-part").write_bytes(data[: 5 * 1024 * 1024])
+    log_in(client, *ALICE)
+    client.expect(TRUST_PROMPT)
+    client.sendline("y")
+    client.expect(FILE_PROMPT)
+    client.sendline("big.bin")
+    client.expect(r"resume\? \[Y/n\] ")
+    client.sendline("")
+    client.expect(r"received big\.bin: 9\.0 MiB in .*resumed at 4\.0 MiB\), sha256 verified")
+    client.expect(pexpect.EOF)
+    client.close()
+    assert client.exitstatus == 0
+    assert (env.client / "big.bin").read_bytes() == data
+    assert not (env.client / "big.bin.tcpft-part").exists()
