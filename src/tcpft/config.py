@@ -8,6 +8,7 @@ Unknown keys and values of the wrong type are refused with a clear message.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -98,7 +99,8 @@ class ServerConfig:
             "max_list_entries",
         )
         for name in positive:
-            if getattr(self, name) <= 0:
+            value = getattr(self, name)
+            if not value > 0 or (isinstance(value, float) and not math.isfinite(value)):
                 raise UsageError(f"{name} must be positive, not {getattr(self, name)}")
         if not 0 < self.chunk_size <= 1024 * 1024:
             raise UsageError("chunk_size must be between 1 and 1048576")
@@ -139,7 +141,10 @@ def load_config(path: Path, base: ServerConfig | None = None) -> ServerConfig:
         if key not in known:
             raise UsageError(f"config file {path}: unknown key {key!r}")
         setattr(config, key, _coerce(path, key, value))
-    config.validate()
+    try:
+        config.validate()
+    except UsageError as exc:
+        raise UsageError(f"config file {path}: {exc.message}") from None
     return config
 
 
@@ -184,6 +189,9 @@ def parse_size(text: str) -> int:
         value = float(number)
     except ValueError:
         raise UsageError(f"not a size: {text!r} (try 10M, 512K, 1G)") from None
-    if value <= 0:
-        raise UsageError(f"size must be positive: {text!r}")
-    return int(value * _UNITS[unit])
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"size must be a positive number: {text!r}")
+    result = int(value * _UNITS[unit])
+    if result < 1:
+        raise UsageError(f"size must be at least one byte: {text!r}")
+    return result

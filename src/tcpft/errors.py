@@ -11,7 +11,8 @@ Each class also names the exit status the command line uses for it.
     ├── UsageError                 bad arguments, bad config file            exit 2
     ├── ConnectError               could not reach or talk to the server     exit 3
     │   ├── ConnectionBroken       cut, reset or EOF in the middle           exit 3
-    │   ├── TimeoutExpired         a deadline passed (login, idle, stall)    exit 3
+    │   ├── TimeoutExpired         a deadline passed (idle, stall)           exit 3
+    │   │   └── LoginTimeout       the login phase took too long             exit 3
     │   ├── TooManyConnections     the server is full for us                 exit 3
     │   ├── Penalized              our address is refused for a while        exit 3
     │   └── ShuttingDown           the server is stopping                    exit 3

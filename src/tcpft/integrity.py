@@ -86,24 +86,32 @@ class HashCache:
         self._lock = threading.Lock()
 
     def _entry(self, ident: Identity) -> _Cached:
+        if self._max <= 0:
+            return _Cached()  # a cache of size zero keeps nothing
         item = self._items.get(ident)
         if item is None:
             item = self._items[ident] = _Cached()
-            while len(self._items) > self._max:
-                self._items.popitem(last=False)
         self._items.move_to_end(ident)
+        while len(self._items) > self._max:
+            self._items.popitem(last=False)
+        return item
+
+    def _hit(self, ident: Identity) -> _Cached | None:
+        item = self._items.get(ident)
+        if item is not None:
+            self._items.move_to_end(ident)
         return item
 
     def sha256(self, ident: Identity) -> bytes | None:
         """The cached whole-file digest, if any."""
         with self._lock:
-            item = self._items.get(ident)
+            item = self._hit(ident)
             return item.sha256 if item else None
 
     def blocks(self, ident: Identity, count: int) -> list[bytes] | None:
         """The first ``count`` cached block digests, if that many are cached."""
         with self._lock:
-            item = self._items.get(ident)
+            item = self._hit(ident)
             if item is None or item.blocks is None or len(item.blocks) < count:
                 return None
             return item.blocks[:count]
