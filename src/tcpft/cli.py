@@ -43,6 +43,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -201,7 +202,9 @@ def _trust(known_hosts: Path) -> TrustNew:
     return decide
 
 
-def _connect(args: argparse.Namespace, host: str, port: int, user: str, password: str) -> Session:
+def _connect(
+    args: argparse.Namespace, host: str, port: int, user: str, password: Callable[[], str]
+) -> Session:
     known_hosts = Path(args.known_hosts) if args.known_hosts else known_hosts_path()
     return connect(
         host.strip("[]"),
@@ -220,7 +223,8 @@ def _connect(args: argparse.Namespace, host: str, port: int, user: str, password
 
 def _session(args: argparse.Namespace) -> Session:
     host, port = args.target
-    return _connect(args, host, port, args.user or _default_user(), _password(args))
+    password = _password(args)  # before connecting: a script without one fails at once
+    return _connect(args, host, port, args.user or _default_user(), lambda: password)
 
 
 def _reporter(args: argparse.Namespace, verb: str) -> Reporter:
@@ -315,13 +319,13 @@ def _cmd_client(args: argparse.Namespace) -> int:
     user = args.user or (_ask("user: ") or "").strip()
     if not user:
         raise UsageError("no user name given")
-    password = _password(args, ask=True)
     out = Path(args.output) if args.output else Path(".")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LocalFileError(f"cannot create {out}: {exc.strerror}") from None
     console = Console(highlight=False)
+    password = functools.partial(_password, args, ask=True)  # asked once the server is trusted
     with _connect(args, args.host, args.port, user, password) as s:
         console.print(listing_table(s.listing))
         while True:

@@ -171,7 +171,7 @@ def connect(
     port: int = DEFAULT_PORT,
     *,
     user: str,
-    password: str,
+    password: str | Callable[[], str],
     plaintext: bool = False,
     fingerprint: str | None = None,
     cafile: Path | str | None = None,
@@ -185,6 +185,8 @@ def connect(
     The server is verified before the password is sent: by ``cafile`` (a CA bundle),
     or by ``fingerprint`` (``SHA256:...``), or against the known-hosts file, where an
     unknown server is pinned when ``trust_new`` is True (or returns True).
+    ``password`` may be a callable: it is then asked for only once the server is
+    trusted (as SSH asks about a new host before the password).
 
     Raises:
         ConnectError: the server cannot be reached (ConnectionBroken, TimeoutExpired).
@@ -206,7 +208,7 @@ def connect(
                 sock, host, port, fingerprint, cafile, known_hosts, trust_new
             )
         session = Session(sock, host, port, server_fp, limit_rate)
-        session._login(user, password)
+        session._login(user, password() if callable(password) else password)
     except BaseException:
         sock.close()
         raise

@@ -44,19 +44,26 @@ def client(server: ServerThread, env: Env) -> Iterator[pexpect.spawn]:
         child.close()
 
 
-def log_in(child: pexpect.spawn, user: str, password: str) -> None:
+def log_in(child: pexpect.spawn, user: str, password: str, trust: str = "y") -> None:
+    """User name, then (like SSH) the new server's fingerprint, then the password."""
     child.expect("user: ")
     child.sendline(user)
-    child.expect("password: ")
-    child.sendline(password)
+    child.expect(TRUST_PROMPT)
+    child.sendline(trust)
+    if trust == "y":
+        child.expect("password: ")
+        child.sendline(password)
 
 
 def test_founding_sequence(client: pexpect.spawn, server: ServerThread, env: Env) -> None:
-    log_in(client, *ALICE)
+    client.expect("user: ")
+    client.sendline(ALICE[0])
     assert server.fingerprint is not None
     client.expect_exact(server.fingerprint)
     client.expect(TRUST_PROMPT)
     client.sendline("y")
+    client.expect("password: ")  # only once the server is trusted
+    client.sendline(ALICE[1])
     for name in ("data.bin", "hello.txt", "sub/"):  # the listing, sorted by name
         client.expect_exact(name)
     client.expect(FILE_PROMPT)
@@ -80,8 +87,6 @@ def test_founding_sequence(client: pexpect.spawn, server: ServerThread, env: Env
 
 def test_wrong_password(client: pexpect.spawn) -> None:
     log_in(client, ALICE[0], "not-the-password")
-    client.expect(TRUST_PROMPT)
-    client.sendline("y")
     client.expect_exact("tcpft: error: login failed")
     client.expect(pexpect.EOF)
     client.close()
@@ -89,9 +94,7 @@ def test_wrong_password(client: pexpect.spawn) -> None:
 
 
 def test_refusing_the_server(client: pexpect.spawn, env: Env) -> None:
-    log_in(client, *ALICE)
-    client.expect(TRUST_PROMPT)
-    client.sendline("n")
+    log_in(client, *ALICE, trust="n")  # refused before any password is asked
     client.expect_exact("is not a known host")
     client.expect(pexpect.EOF)
     client.close()
@@ -102,8 +105,6 @@ def test_refusing_the_server(client: pexpect.spawn, env: Env) -> None:
 def test_existing_file_not_overwritten_then_quit(client: pexpect.spawn, env: Env) -> None:
     (env.client / "hello.txt").write_text("mine\n")
     log_in(client, *ALICE)
-    client.expect(TRUST_PROMPT)
-    client.sendline("y")
     client.expect(FILE_PROMPT)
     client.sendline("hello.txt")
     client.expect(r"overwrite\? \[y/N\] ")
@@ -121,8 +122,6 @@ def test_partial_file_is_resumed(client: pexpect.spawn, env: Env) -> None:
     (env.root / "big.bin").write_bytes(data)
     (env.client / "big.bin.tcpft-part").write_bytes(data[: 5 * 1024 * 1024])
     log_in(client, *ALICE)
-    client.expect(TRUST_PROMPT)
-    client.sendline("y")
     client.expect(FILE_PROMPT)
     client.sendline("big.bin")
     client.expect(r"resume\? \[Y/n\] ")
