@@ -296,17 +296,24 @@ def _track_entry(rep: Reporter, entry: Entry) -> Progress | None:
 
 def _cmd_put(args: argparse.Namespace) -> int:
     local = Path(args.local)
-    if local.is_dir():
-        raise UsageError(f"{local} is a directory; only single files can be uploaded (no -r yet)")
-    if not local.is_file():
+    if local.is_dir() and not args.recursive:
+        raise UsageError(f"{local} is a directory; use -r to upload a tree")
+    if not local.is_dir() and not local.is_file():
         raise LocalFileError(f"{local}: no such file")
-    remote = args.remote or local.name
+    remote = args.remote or local.resolve().name
     with _session(args) as s, _reporter(args, "sent") as rep:
-        opts = {"force": args.force, "resume": args.resume, "progress": rep.track(remote)}
+        opts = {"force": args.force, "resume": args.resume}
         try:
-            result = rep.attempt(remote, functools.partial(s.upload, local, remote, **opts))
-            if result is not None:
-                rep.finished(remote, result)
+            if local.is_dir():
+                tree = functools.partial(
+                    s.upload_tree, local, remote, progress_for=rep.track, **opts
+                )
+                for got in rep.attempt(remote, tree) or []:
+                    rep.finished(got.remote, got)
+            else:
+                put = functools.partial(s.upload, local, remote, progress=rep.track(remote), **opts)
+                if (result := rep.attempt(remote, put)) is not None:
+                    rep.finished(remote, result)
         except Stop:
             pass
     return rep.failures[0] if rep.failures else 0
@@ -553,10 +560,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="NDJSON progress events on stdout")
     p.set_defaults(func=_cmd_get)
 
-    p = sub.add_parser("put", parents=[common, conn], help="upload a file")
+    p = sub.add_parser("put", parents=[common, conn], help="upload a file or a tree")
     p.add_argument("target", type=_target, metavar="HOST[:PORT]")
     p.add_argument("local")
     p.add_argument("remote", nargs="?")
+    p.add_argument("-r", "--recursive", action="store_true", help="upload a directory tree")
     p.add_argument("--force", action="store_true", help="overwrite the remote file")
     p.add_argument("--resume", action="store_true", help="continue a partial upload")
     p.add_argument("--json", action="store_true", help="NDJSON progress events on stdout")

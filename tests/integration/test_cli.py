@@ -207,11 +207,25 @@ def test_put_by_read_only_user_exits_8(server: ServerThread, env: Env) -> None:
     assert not (env.root / "up.txt").exists()
 
 
-def test_put_directory_is_a_usage_error(server: ServerThread, env: Env) -> None:
+def test_put_directory_needs_r(server: ServerThread, env: Env) -> None:
     (env.client / "d").mkdir()
     r = tcpft(env, "put", addr(server), "d")
     assert r.returncode == 2
-    assert "is a directory" in r.stderr
+    assert "use -r" in r.stderr
+
+
+def test_put_tree_with_r(server: ServerThread, env: Env) -> None:
+    (env.client / "d" / "e").mkdir(parents=True)
+    (env.client / "d" / "one.txt").write_text("1\n")
+    (env.client / "d" / "e" / "two.txt").write_text("2\n")
+    r = tcpft(env, "put", addr(server), "d", "backup/d", "-r", "--json")
+    assert r.returncode == 0, r.stderr
+    done = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted(e["path"] for e in done if e["event"] == "done") == [
+        "backup/d/e/two.txt",
+        "backup/d/one.txt",
+    ]
+    assert (env.root / "backup" / "d" / "e" / "two.txt").read_text() == "2\n"
 
 
 # --- login and trust ---------------------------------------------------------------------
