@@ -145,7 +145,16 @@ class Server:
             await self._server.serve_forever()
 
     async def shutdown(self, grace: float | None = None) -> None:
-        """Stop accepting; let running transfers finish within ``grace`` seconds; close."""
+        """Stop accepting; let running transfers finish within ``grace`` seconds; close.
+
+        A second call while the first still waits cancels every session at once.
+        """
+        if self.closing:  # called again while stopping: stop waiting for anyone
+            for task in list(self._sessions):
+                task.cancel()
+            if self._sessions:
+                await asyncio.wait(set(self._sessions), timeout=_CLOSE_TIMEOUT + 1)
+            return
         grace = self.config.shutdown_grace if grace is None else grace
         self.closing = True
         if self._server is not None:
