@@ -35,6 +35,7 @@ from .errors import (
     AlreadyExists,
     ConnectError,
     ConnectionBroken,
+    ErrorCode,
     FileChanged,
     FingerprintMismatch,
     IntegrityError,
@@ -162,7 +163,10 @@ def _local(path: Path) -> Iterator[None]:
         raise
     except OSError as exc:
         if exc.errno in (28, 122):  # ENOSPC, EDQUOT
-            raise LocalFileError(f"no space left on the device for {path}") from None
+            raise LocalFileError(
+                f"no space left on the device for {path} (what was received is kept there: "
+                "free some space and resume)"
+            ) from None
         raise LocalFileError(f"{path}: {exc.strerror or exc}") from None
 
 
@@ -233,10 +237,17 @@ def _start_tls(
         raise TLSVerifyError(
             f"{host}:{port}: certificate not trusted: {exc.verify_message}"
         ) from None
-    except (ssl.SSLError, OSError) as exc:
+    except ssl.SSLError as exc:
+        if exc.reason == "WRONG_VERSION_NUMBER":
+            raise ConnectError(
+                f"TLS handshake with {host}:{port} failed: the server does not speak TLS; "
+                "is it running with --plaintext?"
+            ) from None
+        raise ConnectError(f"TLS handshake with {host}:{port} failed: {exc}") from None
+    except OSError as exc:
         raise ConnectError(
-            f"TLS handshake with {host}:{port} failed ({exc}); "
-            "is the server running with --plaintext?"
+            f"{host}:{port} closed the connection during the TLS handshake "
+            f"({exc.strerror or exc}); it may be full, or refusing this address"
         ) from None
     der = tls.getpeercert(binary_form=True)
     assert der is not None
@@ -391,8 +402,10 @@ class Session:
             raise AlreadyExists(f"{target} exists (use --force to overwrite)")
         partial = target.with_name(target.name + PARTIAL_SUFFIX)
         started = time.monotonic()
+        existed = os.path.lexists(partial)
         with _local(partial):
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        # The partial file is kept for a resume unless its content is known to be bad.
         keep: bool | None = True
         try:
             offset, digest, hasher = 0, b"", hashlib.sha256()
@@ -405,7 +418,7 @@ class Session:
             self._send(Get(remote, offset, digest))
             reply = self._next(raise_errors=False)
             if isinstance(reply, Error):
-                keep = False
+                keep = existed  # refused: remove only what this call created
                 raise self._request_error(reply)
             assert isinstance(reply, FileHeader)
             if reply.offset != offset:
@@ -422,7 +435,7 @@ class Session:
                     threaded.close()  # every chunk is in ``hasher`` now
             done = self._next(raise_errors=False)
             if isinstance(done, Error):
-                keep = False
+                keep = not _spoils_partial(done.code)
                 raise error_from_wire(done.code, done.text)
             assert isinstance(done, Done)
             if hasher.digest() != done.sha256:
@@ -454,8 +467,9 @@ class Session:
             msg = self._next(raise_errors=False)
             if not isinstance(msg, Data):
                 if isinstance(msg, Error):
-                    with contextlib.suppress(OSError):
-                        os.unlink(path)
+                    if _spoils_partial(msg.code):
+                        with contextlib.suppress(OSError):
+                            os.unlink(path)
                     raise error_from_wire(msg.code, msg.text)
                 raise RemoteProtocolError(f"unexpected {type(msg).__name__} during a download")
             data = msg.data
@@ -713,6 +727,11 @@ class Session:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _spoils_partial(code: int) -> bool:
+    """Whether an ERROR during a download means the bytes received so far are no good."""
+    return code in (ErrorCode.FILE_CHANGED, ErrorCode.DIGEST_MISMATCH)
 
 
 def _publish(partial: Path, target: Path, *, force: bool) -> None:

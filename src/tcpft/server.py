@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import ssl
 from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 from . import __version__
@@ -32,7 +34,12 @@ from .errors import (
     error_from_wire,
 )
 from .integrity import HashCache, align_down, prefix_digest, scan_prefix
-from .limits import MAX_DATA_PAYLOAD, RESUME_BLOCK_SIZE
+from .limits import (
+    FRAME_HEADER_SIZE,
+    MAX_DATA_PAYLOAD,
+    MAX_PRELOGIN_PAYLOAD,
+    RESUME_BLOCK_SIZE,
+)
 from .messages import PROTOCOL_VERSION as _VERSION
 from .messages import (
     Ack,
@@ -62,6 +69,8 @@ log = logging.getLogger("tcpft.server")
 
 SOFTWARE = f"tcpft/{__version__}"
 _READ_SIZE = MAX_DATA_PAYLOAD + 64
+_PRELOGIN_READ = MAX_PRELOGIN_PAYLOAD + FRAME_HEADER_SIZE
+_STREAM_LIMIT = 64 * 1024  # asyncio pauses reading at twice this: bounds memory per peer
 _CLOSE_TIMEOUT = 2.0
 
 
@@ -75,6 +84,15 @@ class _ReadFailed(Exception):
 
 class _Abort(Exception):
     """A frame was left half-sent: the connection can only be dropped."""
+
+
+@dataclasses.dataclass
+class _Transfer:
+    """What the audit line of one transfer says."""
+
+    bytes: int = 0
+    sha256: str = ""
+    result: str | None = None  # None until the transfer reached an outcome
 
 
 class Server:
@@ -120,7 +138,7 @@ class Server:
             OSError: the address cannot be bound.
         """
         self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, limit=2 * _READ_SIZE
+            self._accept, self.config.host, self.config.port, limit=_STREAM_LIMIT
         )
 
     @property
@@ -202,15 +220,20 @@ class Server:
         self._unauthenticated += 1
         try:
             await session.run()
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise
+            # Stopping: the session has said so to its client; nothing to report.
         finally:
-            if not session.user:
+            if not session.logged_in:
                 self._unauthenticated -= 1
             self._per_address[addr] -= 1
             if not self._per_address[addr]:
                 del self._per_address[addr]
             del self._sessions[task]
 
-    def _logged_in(self) -> None:
+    def _logged_in(self, session: _Session) -> None:
+        session.logged_in = True
         self._unauthenticated -= 1
 
     async def _verify(self, name: str, password: str) -> User | None:
@@ -235,6 +258,7 @@ class _Session:
         self.addr = addr
         self.conn = Connection(Role.SERVER)
         self.user: User | None = None
+        self.logged_in = False  # counted out of the pre-login connections
         self.busy = False
         self.pacer = Pacer(self.cfg.limit_rate) if self.cfg.limit_rate else None
 
@@ -249,16 +273,17 @@ class _Session:
             async with asyncio.timeout(self.cfg.stall_timeout):
                 await self.writer.drain()
         except TimeoutError:
-            raise TimeoutExpired("client stopped reading") from None
+            raise _Abort("client stopped reading") from None
 
     async def _next(self, timeout: float | None) -> Message:
         """The next message from the client; raises _PeerClosed on a clean close."""
         while True:
             event = self.conn.next_event()
             if event is NEED_DATA:
+                size = _READ_SIZE if self.logged_in else _PRELOGIN_READ
                 try:
                     async with asyncio.timeout(timeout):
-                        data = await self.reader.read(_READ_SIZE)
+                        data = await self.reader.read(size)
                 except TimeoutError:
                     raise TimeoutExpired("no data from the client in time") from None
                 self.conn.receive_data(data)
@@ -291,7 +316,7 @@ class _Session:
                 log.info("login deadline passed for %s", self.addr)
                 await self._fatal(ErrorCode.LOGIN_TIMEOUT, "login took too long")
                 return
-            self.server._logged_in()
+            self.server._logged_in(self)
             await self._send_listing(ListRequest())
             await self._requests()
         except _PeerClosed:
@@ -400,15 +425,38 @@ class _Session:
 
     # --- download ------------------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _audited(self, kind: str, path: str) -> AsyncIterator[_Transfer]:
+        """Write the transfer's audit line however it ends (cut, timeout, shutdown too)."""
+        rec = _Transfer()
+        try:
+            yield rec
+        except asyncio.CancelledError:
+            rec.result = rec.result or "cancelled"
+            raise
+        except _Abort:
+            rec.result = rec.result or "stalled"
+            raise
+        except Exception:
+            rec.result = rec.result or "broken"
+            raise
+        finally:
+            user = self.user.name if self.user else ""
+            self.server.audit.event(
+                kind, user=user, addr=self.addr, path=path, bytes=rec.bytes,
+                sha256=rec.sha256, result=rec.result or "broken",
+            )  # fmt: skip
+
     async def _download(self, req: Get) -> None:
-        server, user = self.server, self.user
-        assert user is not None
+        async with self._audited("transfer get", req.path) as rec:
+            await self._send_file(req, rec)
+
+    async def _send_file(self, req: Get, rec: _Transfer) -> None:
+        server = self.server
         try:
             handle = server.storage.open_read(req.path)
         except TcpftError as exc:
-            server.audit.event(
-                "transfer get", user=user.name, addr=self.addr, path=req.path, result="invalid"
-            )
+            rec.result = "invalid"
             await self._send(Error.of(ErrorCode.INVALID_NAME, str(exc)))
             await self._send_listing(ListRequest())
             return
@@ -430,32 +478,30 @@ class _Session:
                         hasher = scan.whole
             await self._send(FileHeader(req.path, handle.size, handle.mtime_ns, start))
             try:
-                sent = await self._stream_file(handle.fd, start, handle.size, hasher)
+                await self._stream_file(handle.fd, start, handle.size, hasher, rec)
             except _ReadFailed as exc:
                 log.warning("reading %s failed: %s", printable(req.path), exc)
+                rec.result = "read-error"
                 await self._send(Error.of(ErrorCode.IO_ERROR, "the server could not read the file"))
                 return
-            if sent < handle.size - start or handle.changed():
-                server.audit.event(
-                    "transfer get", user=user.name, addr=self.addr, path=req.path,
-                    bytes=sent, result="changed",
-                )  # fmt: skip
+            if rec.bytes < handle.size - start or handle.changed():
+                rec.result = "changed"
                 await self._send(Error.of(ErrorCode.FILE_CHANGED, str(FileChanged())))
                 return
             digest = sha if sha else hasher.digest()
             server.hashes.put_sha256(ident, digest)
+            rec.sha256 = digest.hex()
             await self._send(Done(digest))
             ack = await self._next(self.cfg.stall_timeout)
-            ok = isinstance(ack, Ack) and ack.ok
-            server.audit.event(
-                "transfer get", user=user.name, addr=self.addr, path=req.path, bytes=sent,
-                sha256=digest.hex(), result="ok" if ok else "rejected",
-            )  # fmt: skip
+            rec.result = "ok" if isinstance(ack, Ack) and ack.ok else "rejected"
 
-    async def _stream_file(self, fd: int, start: int, size: int, hasher: Any) -> int:
-        """Send ``[start, size)`` of ``fd`` as DATA frames; return the bytes sent."""
+    async def _stream_file(
+        self, fd: int, start: int, size: int, hasher: Any, rec: _Transfer
+    ) -> None:
+        """Send ``[start, size)`` of ``fd`` as DATA frames, counting into ``rec.bytes``."""
         if hasher is None and self.server.ssl_context is None and self.pacer is None:
-            return await self._sendfile(fd, start, size)
+            await self._sendfile(fd, start, size, rec)
+            return
         pos, chunk_size = start, self.cfg.chunk_size
         while pos < size:
             n = min(chunk_size, size - pos)
@@ -472,13 +518,13 @@ class _Session:
             self.writer.write(chunk)
             await self._drain()
             pos += len(chunk)
+            rec.bytes = pos - start
             if self.pacer is not None:
                 await asyncio.sleep(self.pacer.delay(len(chunk)))
             if len(chunk) < n:
                 break
-        return pos - start
 
-    async def _sendfile(self, fd: int, start: int, size: int) -> int:
+    async def _sendfile(self, fd: int, start: int, size: int, rec: _Transfer) -> None:
         """Plaintext with a known digest: let the kernel copy the file (os.sendfile)."""
         loop = asyncio.get_running_loop()
         pos = start
@@ -494,9 +540,10 @@ class _Session:
                 except OSError as exc:
                     raise _Abort(f"sendfile failed: {exc.strerror or exc}") from None
                 if sent < n:  # the file shrank: the frame cannot be completed
+                    rec.result = "changed"
                     raise _Abort("the file shrank while it was being sent")
                 pos += n
-        return pos - start
+                rec.bytes = pos - start
 
     # --- upload --------------------------------------------------------------------
 
@@ -526,18 +573,15 @@ class _Session:
             await self._send(Error.of(exc.code, str(exc)))
             return
         server._uploads.add(req.path)
-        done = False
         try:
-            done = await self._receive_upload(req, upload)
+            async with self._audited("transfer put", req.path) as rec:
+                await self._receive_upload(req, upload, rec)
         finally:
             server._uploads.discard(req.path)
-            if not done:
-                upload.abort(keep=True)  # cut mid-way: keep the partial for a resume
+            upload.abort(keep=True)  # no-op once settled; cut mid-way: kept for a resume
 
-    async def _receive_upload(self, req: Put, upload: UploadHandle) -> bool:
-        """Run the upload; True once it is over (committed or discarded)."""
-        server, user = self.server, self.user
-        assert user is not None
+    async def _receive_upload(self, req: Put, upload: UploadHandle, rec: _Transfer) -> None:
+        """Run the upload until it is committed or discarded (``rec.result`` set)."""
         offset, digest, hasher = 0, b"", hashlib.sha256()
         if req.resume and upload.offset:
             aligned = align_down(min(upload.offset, req.size))
@@ -551,32 +595,30 @@ class _Session:
         upload.truncate(offset)
         await self._send(PutReady(offset, digest))
         failed: TcpftError | None = None
-        received = 0
         while True:
             msg = await self._next(self.cfg.stall_timeout)
             if isinstance(msg, Data):
                 if failed is None:
                     try:
                         await asyncio.to_thread(_write_chunk, upload, msg.data, hasher)
-                        received += len(msg.data)
+                        rec.bytes += len(msg.data)
                     except TcpftError as exc:
                         failed = exc
                         upload.abort(keep=False)
                         await self._send(Error.of(exc.code, str(exc)))
                 continue
-            result = "failed" if failed else "cancelled"
-            if isinstance(msg, Done) and failed is None:
-                result = await self._finish_upload(upload, hasher.digest(), msg.sha256)
-            elif failed is None:
+            if isinstance(msg, Done):
+                rec.sha256 = msg.sha256.hex()
+            if failed is not None:
+                rec.result = "failed"
+            elif isinstance(msg, Done):
+                rec.result = await self._finish_upload(upload, hasher.digest(), msg.sha256)
+            else:
                 upload.abort(keep=False)
+                rec.result = "cancelled"
             if isinstance(msg, Cancel):
                 await self._send(Ack(True))
-            server.audit.event(
-                "transfer put", user=user.name, addr=self.addr, path=req.path,
-                bytes=received, sha256=msg.sha256.hex() if isinstance(msg, Done) else "",
-                result=result,
-            )  # fmt: skip
-            return True
+            return
 
     async def _finish_upload(self, upload: UploadHandle, ours: bytes, theirs: bytes) -> str:
         if ours != theirs:

@@ -1,0 +1,229 @@
+"""Connection caps and timeouts: before login, per address, in total; idle and stall."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import argon2
+import pytest
+
+from tcpft.auth import UserStore
+from tcpft.client import Session
+from tcpft.errors import ConnectError, ErrorCode
+from tcpft.messages import Data, Get, Login, Put, PutReady
+
+from ..conftest import ALICE, Env, ServerThread
+from .rawclient import SECOND_ADDRESS, RawConn, expect_error, frame, logged_in
+from .test_login import needs_second_address
+
+StartServer = Callable[..., ServerThread]
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> float:
+    """Poll ``predicate`` until true; return the seconds it took, fail after ``timeout``."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+    return time.monotonic() - start
+
+
+def count(srv: ServerThread) -> int:
+    return int(srv.call(lambda: srv.server.connection_count))
+
+
+def refused(conn: RawConn) -> bool:
+    """True if the server drops ``conn`` at once; False if it keeps it open."""
+    try:
+        return conn.recv(0.4) == b""
+    except TimeoutError:
+        return False
+
+
+@contextlib.contextmanager
+def idle(srv: ServerThread, n: int, source: str | None = None) -> Iterator[list[RawConn]]:
+    """``n`` plain TCP connections that never say anything, all accepted by the server."""
+    conns: list[RawConn] = []
+    try:
+        for _ in range(n):
+            before = count(srv)
+            conns.append(RawConn(srv.port, tls=False, source=source))
+            wait_for(lambda b=before: count(srv) == b + 1, 5, "the server to accept")  # type: ignore[misc]
+        yield conns
+    finally:
+        for c in conns:
+            c.close()
+
+
+@pytest.mark.timeout(30)
+def test_cap_on_connections_not_logged_in(
+    start_server: StartServer, login: Callable[..., Session]
+) -> None:
+    srv = start_server(max_unauthenticated=3, max_connections=50, max_per_address=50)
+    with idle(srv, 3):
+        with RawConn(srv.port, tls=False) as extra:
+            assert refused(extra), "a 4th connection before login should be dropped"
+        with pytest.raises(ConnectError):
+            login(srv)
+    wait_for(lambda: count(srv) == 0, 5, "the idle connections to go")
+    # Logged-in sessions do not use up the pre-login cap.
+    sessions = [login(srv) for _ in range(3)]
+    try:
+        with idle(srv, 3), RawConn(srv.port, tls=False) as extra:
+            assert refused(extra)
+    finally:
+        for s in sessions:
+            s.close()
+
+
+@needs_second_address
+@pytest.mark.timeout(30)
+def test_cap_per_address(start_server: StartServer) -> None:
+    srv = start_server(max_per_address=2, max_unauthenticated=50, max_connections=50)
+    with idle(srv, 2):
+        with RawConn(srv.port, tls=False) as extra:
+            assert refused(extra), "a 3rd connection from 127.0.0.1 should be dropped"
+        # Another address still gets in, up to its own cap.
+        with (
+            idle(srv, 2, source=SECOND_ADDRESS),
+            RawConn(srv.port, tls=False, source=SECOND_ADDRESS) as extra,
+        ):
+            assert refused(extra)
+
+
+@needs_second_address
+@pytest.mark.timeout(30)
+def test_cap_in_total_counts_logged_in_sessions(
+    start_server: StartServer, login: Callable[..., Session]
+) -> None:
+    srv = start_server(max_connections=3, max_per_address=50, max_unauthenticated=50)
+    session = login(srv)
+    try:
+        with idle(srv, 1), idle(srv, 1, source=SECOND_ADDRESS):
+            for source in (None, SECOND_ADDRESS):
+                with RawConn(srv.port, tls=False, source=source) as extra:
+                    assert refused(extra), f"a 4th connection (from {source}) got in"
+        assert session.list() is not None  # the session itself is unharmed
+    finally:
+        session.close()
+    wait_for(lambda: count(srv) == 0, 5, "all connections to close")
+    with login(srv) as again:  # slots are given back
+        assert again.user == "alice"
+
+
+@pytest.mark.timeout(30)
+def test_idle_timeout_closes_a_silent_session(start_server: StartServer) -> None:
+    srv = start_server(idle_timeout=1.0)
+    with logged_in(srv.port, ALICE) as conn:
+        start = time.monotonic()
+        expect_error(conn, ErrorCode.IDLE_TIMEOUT, timeout=5.0)
+        took = time.monotonic() - start
+        assert conn.read_message(3.0) is None
+    assert 0.9 <= took <= 2.0, f"idle session closed after {took:.2f} s (timeout 1 s)"
+    wait_for(lambda: count(srv) == 0, 3, "the session to be released")
+
+
+@pytest.mark.timeout(60)
+def test_stall_timeout_closes_a_client_that_stops_reading(
+    start_server: StartServer, login: Callable[..., Session], env: Env
+) -> None:
+    stall = 1.0
+    (env.root / "huge.bin").write_bytes(b"\x5a" * (24 * 1024 * 1024))
+    srv = start_server(stall_timeout=stall)
+    with logged_in(srv.port, ALICE, rcvbuf=4096) as conn:
+        conn.send(frame(Get("huge.bin")))
+        started = time.monotonic()
+        # While it is stuck, the server serves others as usual.
+        with login(srv) as s:
+            s.download("hello.txt", env.client)
+        assert (env.client / "hello.txt").read_text() == "hello, world\n"
+        wait_for(lambda: count(srv) == 0, stall + 10, "the stalled session to be closed")
+        elapsed = time.monotonic() - started
+        print(f"stalled download closed after {elapsed:.2f} s")
+        # The close path may spend up to 2 x 2 s trying to say goodbye to a peer
+        # that reads nothing (_CLOSE_TIMEOUT for the ERROR, then for the TLS close).
+        assert elapsed <= stall + 5.5, f"stalled download closed after {elapsed:.2f} s"
+        # Reading now drains what was buffered, then the connection ends.
+        conn.sock.settimeout(5)
+        assert conn.wait_closed(10.0) < 10.0
+
+
+class _SlowHasher(argon2.PasswordHasher):
+    """Verification takes 0.4 s: time enough to cut the connection meanwhile."""
+
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=8, parallelism=1)
+
+    def verify(self, hash: Any, password: Any) -> Any:
+        time.sleep(0.4)
+        return super().verify(hash, password)
+
+
+@pytest.mark.timeout(30)
+def test_cut_right_after_a_good_login_gives_the_pre_login_slot_back(
+    start_server: StartServer, login: Callable[..., Session]
+) -> None:
+    users = UserStore(hasher=_SlowHasher())
+    users.add(*ALICE, write=True)
+    srv = start_server(users=users, max_unauthenticated=2)
+    for _ in range(2):
+        conn = RawConn(srv.port)
+        conn.hello()
+        conn.send(frame(Login(*ALICE)))
+        time.sleep(0.15)  # the server has the LOGIN and is verifying it
+        conn.reset()
+        wait_for(lambda: count(srv) == 0, 5, "the cut session to end")
+    with login(srv) as s:  # the server still takes new clients
+        assert s.user == "alice"
+    assert srv.call(lambda: srv.server._unauthenticated) == 0
+
+
+@pytest.mark.timeout(30)
+def test_stall_timeout_closes_an_upload_that_stops_sending(
+    start_server: StartServer, env: Env
+) -> None:
+    srv = start_server(stall_timeout=1.0)
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Put("stalled.bin", 1000, 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        conn.send(frame(Data(b"x" * 100)))
+        start = time.monotonic()
+        expect_error(conn, ErrorCode.IDLE_TIMEOUT, timeout=5.0)
+        assert conn.read_message(3.0) is None
+        took = time.monotonic() - start
+    assert 0.9 <= took <= 2.5, f"stalled upload closed after {took:.2f} s (stall 1 s)"
+    wait_for(lambda: count(srv) == 0, 3, "the session to be released")
+    assert not (env.root / "stalled.bin").exists()
+    partial = env.root / ".stalled.bin.tcpft-part"
+    assert partial.read_bytes() == b"x" * 100  # kept for a resume
+
+
+@pytest.mark.timeout(30)
+def test_pre_login_buffering_is_bounded(start_server: StartServer) -> None:
+    """While the server is busy judging a LOGIN, whatever else the client sends must
+    not pile up in server memory beyond a small bound (the pre-login frame limit is
+    4 KiB; asyncio pauses reading at twice the stream limit of 64 KiB, and its TLS
+    layer hands over up to 256 KiB at once: allow 512 KiB)."""
+    srv = start_server(login_failure_delay=1.5, penalty_threshold=100)
+    with RawConn(srv.port) as conn:
+        conn.hello()
+        conn.send(frame(Login("alice", "wrong")))
+        conn.sock.settimeout(0.5)
+        junk, start = b"\0" * (256 * 1024), time.monotonic()
+        with contextlib.suppress(OSError):
+            while time.monotonic() - start < 1.0:  # until the send buffers are full
+                conn.send(junk)
+
+        def buffered() -> int:
+            # StreamReader._buffer: asyncio's private buffer, where unread bytes wait.
+            return sum(
+                len(getattr(s.reader, "_buffer", b"")) + s.conn._decoder.buffered
+                for s in srv.server._sessions.values()
+            )
+
+        held = int(srv.call(buffered))
+    assert held <= 512 * 1024, f"an unauthenticated client made the server hold {held} bytes"

@@ -1,0 +1,360 @@
+"""Hostile file names and hostile files: traversal, symlinks, special files, and a file
+that changes while it is being sent."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import stat
+import struct
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpft.client import Session
+from tcpft.errors import ErrorCode, FileChanged, IntegrityError
+from tcpft.messages import (
+    Data,
+    Error,
+    FileHeader,
+    Get,
+    ListEnd,
+    ListEntries,
+    ListRequest,
+    Put,
+    PutReady,
+)
+
+from ..conftest import ALICE, Env, ServerThread
+from .rawclient import RawConn, expect_error, frame, logged_in, raw_frame
+
+StartServer = Callable[..., ServerThread]
+
+MIB = 1024 * 1024
+ROOT_LISTING = {"hello.txt", "data.bin", "sub"}
+
+
+@pytest.fixture
+def hostile_root(env: Env) -> Iterator[Env]:
+    """The served root, plus symlinks, special files, a partial file and a secret outside."""
+    root = env.root
+    (root.parent / "secret.txt").write_text("top secret\n")
+    os.symlink("hello.txt", root / "link_file")
+    os.symlink("sub", root / "link_dir")
+    os.symlink(root, root / "abs_dir")
+    os.symlink("/etc/passwd", root / "escape")
+    os.symlink("/dev/null", root / "devnull")
+    os.symlink("../secret.txt", root / "up")
+    os.symlink("../hello.txt", root / "sub" / "back")
+    os.symlink("loop", root / "loop")
+    os.mkfifo(root / "pipe")
+    (root / ".data.bin.tcpft-part").write_bytes(b"half an upload")
+    unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        unix.bind(str(root / "sock"))
+    except OSError:
+        unix.close()
+        unix = None  # type: ignore[assignment]
+    with contextlib.suppress(OSError):  # root in most containers, but maybe not allowed
+        os.mknod(root / "chardev", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    try:
+        yield env
+    finally:
+        if unix is not None:
+            unix.close()
+
+
+def _refused(conn: RawConn, path: str) -> Error:
+    """GET ``path``: expect INVALID_NAME then the root listing, promptly."""
+    start = time.monotonic()
+    conn.send(frame(Get(path)))
+    err = expect_error(conn, ErrorCode.INVALID_NAME, timeout=3.0)
+    listed = set(conn.read_listing())
+    assert listed == ROOT_LISTING, listed
+    assert time.monotonic() - start < 2.0, f"{path!r} took {time.monotonic() - start:.2f} s"
+    return err
+
+
+TRAVERSAL = [
+    "..",
+    "../secret.txt",
+    "sub/../../secret.txt",
+    "sub/..",
+    "sub/../hello.txt",
+    ".",
+    "./hello.txt",
+    "sub/./inner.txt",
+    "sub//inner.txt",
+    "hello.txt/",
+    "/etc/passwd",
+    "//etc/passwd",
+    "/",
+    "..\\secret.txt",
+    "sub\\..\\..\\secret.txt",
+    "....//secret.txt",
+    "%2e%2e/secret.txt",
+    "..%2fsecret.txt",
+    "\u2024\u2024/secret.txt",  # ONE DOT LEADER: only looks like a dot
+    "\uff0e\uff0e/secret.txt",  # FULLWIDTH FULL STOP
+]
+
+WEIRD = [
+    "",
+    "hello.txt\x00",
+    "\x00",
+    "hello\x00.txt",
+    "hello.txt\n",
+    "\x1b[31mhello.txt",
+    "hello.txt\x7f",
+    "hello\u0085.txt",  # C1 control
+    "a" * 256,  # a component over 255 bytes
+    "é" * 128,  # 256 bytes of UTF-8 in 128 characters
+    "a/" * 2048 + "b",  # a path over 4096 bytes
+    "no-such-file",
+    ".data.bin.tcpft-part",  # a partial upload is never served
+    "sub",  # a directory
+]
+
+LINKS_AND_SPECIALS = [
+    "link_file",
+    "link_dir/inner.txt",
+    "abs_dir/hello.txt",
+    "escape",
+    "devnull",
+    "up",
+    "sub/back",
+    "loop",
+    "pipe",
+    "sock",
+    "chardev",
+]
+
+
+@pytest.mark.timeout(60)
+def test_bad_names_are_refused_and_the_listing_follows(
+    start_server: StartServer, hostile_root: Env
+) -> None:
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        for path in TRAVERSAL + WEIRD + LINKS_AND_SPECIALS:
+            _refused(conn, path)
+        # The session is still in order afterwards.
+        conn.send(frame(Get("hello.txt")))
+        header = conn.read_message()
+        assert isinstance(header, FileHeader) and header.size == 13
+
+
+@pytest.mark.timeout(30)
+def test_special_files_really_exist_and_are_refused(
+    start_server: StartServer, hostile_root: Env
+) -> None:
+    """The fixture's FIFO, socket and device are real (else the test above proves less)."""
+    root = hostile_root.root
+    kinds = {
+        "pipe": stat.S_ISFIFO,
+        "sock": stat.S_ISSOCK,
+        "chardev": stat.S_ISCHR,
+        "devnull": stat.S_ISLNK,
+    }
+    present = [n for n, is_kind in kinds.items() if os.path.lexists(root / n)]
+    for name in present:
+        assert kinds[name](os.lstat(root / name).st_mode), name
+    if "chardev" not in present:
+        pytest.skip("cannot create a device node here (mknod not permitted)")
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        for name in present:
+            err = _refused(conn, name)
+            assert "regular file" in err.text or "symbolic" in err.text or "open" in err.text
+
+
+@pytest.mark.timeout(30)
+def test_a_255_byte_name_is_still_served(start_server: StartServer, env: Env) -> None:
+    name = "n" * 255
+    (env.root / name).write_text("long name\n")
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Get(name)))
+        header = conn.read_message()
+        assert isinstance(header, FileHeader), header
+        data = conn.read_message()
+        assert isinstance(data, Data) and data.data == b"long name\n"
+
+
+@pytest.mark.timeout(30)
+def test_listing_shows_no_links_specials_or_partials(
+    start_server: StartServer, hostile_root: Env
+) -> None:
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(ListRequest("", recursive=True)))
+        listed = set(conn.read_listing())
+    assert listed == ROOT_LISTING | {"sub/inner.txt"}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "path", ["..", "../", "link_dir", "abs_dir", "escape", "pipe", "sub/../..", "/", "x\x00"]
+)
+def test_listing_bad_directories_is_refused(
+    start_server: StartServer, hostile_root: Env, path: str
+) -> None:
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(ListRequest(path)))
+        expect_error(conn, ErrorCode.INVALID_NAME)
+        conn.send(frame(ListRequest()))  # the session goes on
+        assert set(conn.read_listing()) == ROOT_LISTING
+
+
+INVALID_UTF8 = {
+    "ff fe": b"\xff\xfe",
+    "encoded surrogate": b"\xed\xa0\x80",
+    "overlong dots": b"\xc0\xae\xc0\xae/secret.txt",
+    "overlong slash": b"..\xc0\xafsecret.txt",
+    "truncated sequence": b"hello\xe2\x82",
+    "latin-1": "caf\xe9".encode("latin-1"),
+}
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("raw", INVALID_UTF8.values(), ids=INVALID_UTF8.keys())
+def test_invalid_utf8_name_is_a_protocol_error(
+    start_server: StartServer, hostile_root: Env, raw: bytes
+) -> None:
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        payload = struct.pack("!H", len(raw)) + raw + struct.pack("!QH", 0, 0)
+        conn.send(raw_frame(Get.TYPE, payload))
+        expect_error(conn, ErrorCode.PROTOCOL_ERROR)
+        assert conn.read_message() is None
+
+
+UPLOAD_NAMES = [
+    "../evil.txt",
+    "/tmp/evil.txt",
+    "link_dir/evil.txt",
+    "abs_dir/evil.txt",
+    "link_file",
+    "escape",
+    "devnull",
+    "pipe",
+    "sock",
+    "sub",
+    ".evil.txt.tcpft-part",
+    "evil\x00.txt",
+    "a" * 256,
+]
+
+
+@pytest.mark.timeout(60)
+def test_uploads_to_bad_names_are_refused_and_nothing_is_written(
+    start_server: StartServer, hostile_root: Env
+) -> None:
+    root = hostile_root.root
+    srv = start_server()
+    before = {p: p.lstat().st_mtime_ns for p in root.parent.rglob("*")}
+    hello = (root / "hello.txt").read_bytes()
+    with logged_in(srv.port, ALICE) as conn:
+        for name in UPLOAD_NAMES:
+            conn.send(frame(Put(name, 4, 0, force=True)))
+            msg = conn.read_message(3.0)
+            assert isinstance(msg, Error), f"{name!r}: {msg!r}"
+            assert msg.code in (ErrorCode.INVALID_NAME, ErrorCode.ALREADY_EXISTS), (name, msg)
+        conn.send(frame(ListRequest()))
+        assert set(conn.read_listing()) == ROOT_LISTING
+    after = {p: p.lstat().st_mtime_ns for p in root.parent.rglob("*")}
+    assert after == before
+    assert (root / "hello.txt").read_bytes() == hello
+    assert not (root.parent / "evil.txt").exists()
+
+
+@pytest.mark.timeout(30)
+def test_fifo_opened_by_nobody_does_not_hang_a_download(
+    start_server: StartServer, hostile_root: Env, login: Callable[..., Session]
+) -> None:
+    srv = start_server()
+    with login(srv) as s:
+        start = time.monotonic()
+        with pytest.raises(Exception, match=r"regular file|cannot open|not"):
+            s.download("pipe", hostile_root.client)
+        assert time.monotonic() - start < 2.0
+        assert s.download("hello.txt", hostile_root.client).size == 13
+    assert not (hostile_root.client / "pipe").exists()
+
+
+# --- a file that changes while it is being sent -----------------------------------------
+
+
+def _change(path: Path, how: str) -> None:
+    if how == "append":
+        with path.open("ab") as f:
+            f.write(b"more")
+    elif how == "truncate":
+        os.truncate(path, MIB)
+    else:  # rewrite bytes already sent, same size
+        with path.open("r+b") as f:
+            f.write(b"\xff" * 4096)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["append", "truncate", "rewrite"])
+def test_file_changing_during_download_is_detected(
+    start_server: StartServer, login: Callable[..., Session], env: Env, how: str
+) -> None:
+    big = env.root / "moving.bin"
+    big.write_bytes(os.urandom(12 * MIB))
+    time.sleep(0.05)  # so a rewrite gets a visibly different mtime
+    srv = start_server(limit_rate=12 * MIB)  # about a second for the whole file
+    changed: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if done > 0 and not changed:
+            _change(big, how)
+            changed.append(done)
+
+    target = env.client / "moving.bin"
+    with login(srv) as s:
+        with pytest.raises((FileChanged, IntegrityError)):
+            s.download("moving.bin", target, progress=progress)
+        assert changed
+        assert not target.exists()
+        assert not target.with_name("moving.bin.tcpft-part").exists()
+        assert s.download("hello.txt", env.client).size == 13  # the session goes on
+
+
+@pytest.mark.timeout(30)
+def test_put_then_data_for_a_refused_upload_is_not_stored(
+    start_server: StartServer, env: Env
+) -> None:
+    """BOB is read-only: a PUT is refused, and DATA sent regardless is a protocol error."""
+    srv = start_server()
+    with logged_in(srv.port, ("bob", "bob-password-2")) as conn:
+        conn.send(frame(Put("bob.txt", 4, 0)))
+        expect_error(conn, ErrorCode.PERMISSION_DENIED)
+        conn.send(frame(Data(b"evil")))
+        expect_error(conn, ErrorCode.PROTOCOL_ERROR)
+    assert not (env.root / "bob.txt").exists()
+    assert not list(env.root.glob(".bob.txt*"))
+
+
+@pytest.mark.timeout(30)
+def test_listing_frames_are_well_formed(start_server: StartServer, env: Env) -> None:
+    for i in range(300):
+        (env.root / f"f{i:03d}-{'x' * 200}").write_text("")
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(ListRequest()))
+        total = 0
+        while True:
+            msg = conn.read_message()
+            if isinstance(msg, ListEnd):
+                break
+            assert isinstance(msg, ListEntries)
+            total += len(msg.entries)
+        assert total == 303
+        conn.send(frame(Put("ok.bin", 0, 0)))
+        assert isinstance(conn.read_message(), PutReady)
