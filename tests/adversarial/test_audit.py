@@ -7,8 +7,8 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import re
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
