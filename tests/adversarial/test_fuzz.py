@@ -56,3 +56,16 @@ def test_fuzz_mutations_are_deterministic_per_seed() -> None:
     a = [fuzz_frames.mutate(s, random.Random(5)) for s in fuzz_frames.CLIENT_STREAMS]
     b = [fuzz_frames.mutate(s, random.Random(5)) for s in fuzz_frames.CLIENT_STREAMS]
     assert a == b
+
+
+@pytest.mark.timeout(60)
+def test_coverage_guided_target_runs_for_a_fixed_time(tmp_path: Path) -> None:
+    pytest.importorskip("atheris", reason="the coverage-guided fuzzer comes with .[fuzz]")
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.adversarial.atheris_frames", "-max_total_time=3",
+         f"-artifact_prefix={tmp_path}/"],
+        cwd=ROOT, capture_output=True, text=True, timeout=50, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Done" in result.stderr and "cov:" in result.stderr
+    assert not list(tmp_path.iterdir()), "libFuzzer saved a crashing input"
