@@ -18,7 +18,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from . import errors
-from .client import AsyncSession, Session, TransferResult, aconnect, connect
+from .aio import AsyncSession, aconnect
+from .client import Session, TransferResult, connect
 from .config import DEFAULT_PORT, ServerConfig
 from .errors import TcpftError
 from .messages import Entry

@@ -50,7 +50,7 @@ from rich.console import Console
 
 from . import __version__
 from .auth import UserStore, create_default
-from .client import Progress, Session, TrustNew, connect, known_hosts_path
+from .client import Progress, Session, connect, known_hosts_path
 from .config import DEFAULT_PORT, ServerConfig, default_state_dir, load_config, parse_size
 from .errors import (
     ConnectError,
@@ -72,7 +72,7 @@ from .progress import (
     listing_table,
 )
 from .server import Server
-from .tls import certificate_fingerprint, ensure_server_certificate, server_context
+from .tls import TrustNew, certificate_fingerprint, ensure_server_certificate, server_context
 
 __all__ = ["main"]
 

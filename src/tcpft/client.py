@@ -13,21 +13,18 @@ under the final name. Socket, TLS and OS errors become :mod:`tcpft.errors` here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import fnmatch
 import hashlib
 import os
-import queue
 import select
 import socket
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from . import __version__
 from .config import DEFAULT_PORT, default_client_dir
@@ -37,19 +34,17 @@ from .errors import (
     ConnectionBroken,
     ErrorCode,
     FileChanged,
-    FingerprintMismatch,
     IntegrityError,
     InvalidName,
     LocalFileError,
     RemoteProtocolError,
     TcpftError,
     TimeoutExpired,
-    TLSVerifyError,
     UnsupportedVersion,
     error_from_wire,
     is_fatal,
 )
-from .integrity import align_down, scan_prefix
+from .integrity import HashThread, align_down, scan_prefix
 from .limits import MAX_DATA_PAYLOAD
 from .messages import (
     PROTOCOL_VERSION,
@@ -76,7 +71,7 @@ from .messages import (
 from .names import PARTIAL_SUFFIX, local_target, printable, split_path
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role, State
-from .tls import KnownHosts, client_context, fingerprint, host_key, parse_fingerprint
+from .tls import KnownHosts, TrustNew, open_client_tls
 
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
@@ -87,9 +82,6 @@ Entries = list[Entry]
 
 #: Called with (bytes of the file now present, total size) as a transfer advances.
 Progress = Callable[[int, int], None]
-
-#: Asked whether to trust a server seen for the first time: (host:port, fingerprint).
-TrustNew = Callable[[str, str], bool]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,33 +98,6 @@ class TransferResult:
 
 
 Results = list[TransferResult]
-
-
-class _HashThread:
-    """Hashes chunks in a worker thread, in order, so hashing overlaps receiving.
-
-    hashlib releases the GIL on large updates, so this uses a second core. At most
-    ``depth`` chunks wait in the queue, which bounds memory.
-    """
-
-    def __init__(self, hasher: Any, depth: int = 8) -> None:
-        self.hasher = hasher
-        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self.hasher.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
-
-    def close(self) -> None:
-        """Wait until every queued chunk is hashed (again is harmless)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
 
 
 def known_hosts_path() -> Path:
@@ -208,8 +173,9 @@ def connect(
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server_fp = None
         if not plaintext:
-            sock, server_fp = _start_tls(
-                sock, host, port, fingerprint, cafile, known_hosts, trust_new
+            hosts = KnownHosts(Path(known_hosts) if known_hosts else known_hosts_path())
+            sock, server_fp = open_client_tls(
+                sock, host, port, fingerprint, cafile, hosts, trust_new
             )
         session = Session(sock, host, port, server_fp, limit_rate)
         session._login(user, password() if callable(password) else password)
@@ -217,62 +183,6 @@ def connect(
         sock.close()
         raise
     return session
-
-
-def _start_tls(
-    sock: socket.socket,
-    host: str,
-    port: int,
-    pinned: str | None,
-    cafile: Path | str | None,
-    known_hosts: Path | str | None,
-    trust_new: bool | TrustNew,
-) -> tuple[socket.socket, str]:
-    ctx = client_context(Path(cafile) if cafile else None)
-    try:
-        tls = ctx.wrap_socket(
-            sock, server_hostname=host if cafile else None, suppress_ragged_eofs=False
-        )
-    except ssl.SSLCertVerificationError as exc:
-        raise TLSVerifyError(
-            f"{host}:{port}: certificate not trusted: {exc.verify_message}"
-        ) from None
-    except ssl.SSLError as exc:
-        if exc.reason == "WRONG_VERSION_NUMBER":
-            raise ConnectError(
-                f"TLS handshake with {host}:{port} failed: the server does not speak TLS; "
-                "is it running with --plaintext?"
-            ) from None
-        raise ConnectError(f"TLS handshake with {host}:{port} failed: {exc}") from None
-    except OSError as exc:
-        raise ConnectError(
-            f"{host}:{port} closed the connection during the TLS handshake "
-            f"({exc.strerror or exc}); it may be full, or refusing this address"
-        ) from None
-    der = tls.getpeercert(binary_form=True)
-    assert der is not None
-    fp = fingerprint(der)
-    if cafile:
-        return tls, fp
-    if pinned is not None:
-        if parse_fingerprint(pinned) != fp:
-            tls.close()
-            raise FingerprintMismatch(
-                f"{host}:{port} presented {fp}, not the expected {parse_fingerprint(pinned)}"
-            )
-        return tls, fp
-    hosts = KnownHosts(Path(known_hosts) if known_hosts else known_hosts_path())
-    try:
-        if not hosts.check(host, port, fp):
-            label = host_key(host, port)
-            accept = trust_new(label, fp) if callable(trust_new) else trust_new
-            if not accept:
-                raise TLSVerifyError(f"{label} is not a known host (fingerprint {fp})")
-            hosts.add(host, port, fp)
-    except BaseException:
-        tls.close()
-        raise
-    return tls, fp
 
 
 class Session:
@@ -427,7 +337,7 @@ class Session:
                 os.ftruncate(fd, reply.offset)
                 os.lseek(fd, reply.offset, os.SEEK_SET)
             big = reply.size - reply.offset >= _THREADED_HASH_MIN
-            threaded = _HashThread(hasher) if big else None
+            threaded = HashThread(hasher) if big else None
             try:
                 pos = self._receive_file(fd, partial, reply, threaded or hasher, progress)
             finally:
@@ -746,64 +656,10 @@ def _publish(partial: Path, target: Path, *, force: bool) -> None:
     os.unlink(partial)
 
 
-# --- asyncio form ---------------------------------------------------------------------
-
-T = TypeVar("T")
-
-
-class AsyncSession:
-    """The asyncio form of :class:`Session`: each call runs in a worker thread."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._lock = asyncio.Lock()
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        async with self._lock:
-            return await asyncio.to_thread(fn, *args, **kwargs)
-
-    @property
-    def listing(self) -> Entries:
-        return self.session.listing
-
-    async def list(self, path: str = "", *, recursive: bool = False) -> Entries:
-        """See :meth:`Session.list`."""
-        return await self._call(self.session.list, path, recursive=recursive)
-
-    async def download(
-        self, remote: str, dest: Path | str | None = None, **kw: Any
-    ) -> TransferResult:
-        """See :meth:`Session.download`."""
-        return await self._call(self.session.download, remote, dest, **kw)
-
-    async def upload(
-        self, local: Path | str, remote: str | None = None, **kw: Any
-    ) -> TransferResult:
-        """See :meth:`Session.upload`."""
-        return await self._call(self.session.upload, local, remote, **kw)
-
-    async def close(self) -> None:
-        await self._call(self.session.close)
-
-    async def __aenter__(self) -> AsyncSession:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-
-async def aconnect(host: str, port: int = DEFAULT_PORT, **kwargs: Any) -> AsyncSession:
-    """The asyncio form of :func:`connect` (same arguments); returns an AsyncSession."""
-    session = await asyncio.to_thread(connect, host, port, **kwargs)
-    return AsyncSession(session)
-
-
 __all__ = [
-    "AsyncSession",
     "Progress",
     "Session",
     "TransferResult",
-    "aconnect",
     "connect",
     "known_hosts_path",
 ]

@@ -34,6 +34,7 @@ import os
 import re
 import socket
 import ssl
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -41,16 +42,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from .errors import FingerprintMismatch, LocalFileError, UsageError
+from .errors import (
+    ConnectError,
+    FingerprintMismatch,
+    LocalFileError,
+    TLSVerifyError,
+    UsageError,
+)
 
 __all__ = [
     "CIPHERS",
     "KnownHosts",
+    "TrustNew",
     "certificate_fingerprint",
     "client_context",
     "ensure_server_certificate",
     "fingerprint",
     "host_key",
+    "open_client_tls",
     "parse_fingerprint",
     "server_context",
 ]
@@ -362,3 +371,73 @@ class KnownHosts:
             _atomic_write(self.path, "".join(new).encode("utf-8"), 0o600)
         except OSError as exc:
             raise LocalFileError(f"cannot write {self.path}: {exc}") from exc
+
+
+#: Asked whether to trust a server seen for the first time: (host:port, fingerprint).
+TrustNew = Callable[[str, str], bool]
+
+
+def open_client_tls(
+    sock: socket.socket,
+    host: str,
+    port: int,
+    pinned: str | None,
+    cafile: Path | str | None,
+    known_hosts: KnownHosts,
+    trust_new: bool | TrustNew,
+) -> tuple[ssl.SSLSocket, str]:
+    """Run the TLS handshake on ``sock`` and verify the server; return it and its fingerprint.
+
+    Verified by ``cafile`` (a CA bundle, host name checked), else by the ``pinned``
+    fingerprint, else against ``known_hosts``, where an unknown server is pinned if
+    ``trust_new`` is True or returns True.
+
+    Raises:
+        TLSVerifyError: not trusted (FingerprintMismatch: the pin differs).
+        ConnectError: the handshake failed.
+    """
+    ctx = client_context(Path(cafile) if cafile else None)
+    try:
+        tls = ctx.wrap_socket(
+            sock, server_hostname=host if cafile else None, suppress_ragged_eofs=False
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise TLSVerifyError(
+            f"{host}:{port}: certificate not trusted: {exc.verify_message}"
+        ) from None
+    except ssl.SSLError as exc:
+        if exc.reason == "WRONG_VERSION_NUMBER":
+            raise ConnectError(
+                f"TLS handshake with {host}:{port} failed: the server does not speak TLS; "
+                "is it running with --plaintext?"
+            ) from None
+        raise ConnectError(f"TLS handshake with {host}:{port} failed: {exc}") from None
+    except OSError as exc:
+        raise ConnectError(
+            f"{host}:{port} closed the connection during the TLS handshake "
+            f"({exc.strerror or exc}); it may be full, or refusing this address"
+        ) from None
+    der = tls.getpeercert(binary_form=True)
+    assert der is not None
+    fp = fingerprint(der)
+    if cafile:
+        return tls, fp
+    if pinned is not None:
+        if parse_fingerprint(pinned) != fp:
+            tls.close()
+            raise FingerprintMismatch(
+                f"{host}:{port} presented {fp}, not the expected {parse_fingerprint(pinned)}"
+            )
+        return tls, fp
+    hosts = known_hosts
+    try:
+        if not hosts.check(host, port, fp):
+            label = host_key(host, port)
+            accept = trust_new(label, fp) if callable(trust_new) else trust_new
+            if not accept:
+                raise TLSVerifyError(f"{label} is not a known host (fingerprint {fp})")
+            hosts.add(host, port, fp)
+    except BaseException:
+        tls.close()
+        raise
+    return tls, fp

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 import tcpft
-from tcpft.client import Session, aconnect
+from tcpft.aio import aconnect
+from tcpft.client import Session
 from tcpft.errors import (
     AlreadyExists,
     ConnectError,

@@ -1,0 +1,70 @@
+"""The asyncio form of the client: :func:`aconnect` and :class:`AsyncSession`.
+
+Each call runs the blocking :class:`~tcpft.client.Session` method in a worker thread,
+one at a time per session, so an event loop is never blocked by a transfer::
+
+    async with await tcpft.aconnect(host, user="alice", password=pw) as s:
+        await s.download("report.pdf", "downloads/")
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .client import Entries, Session, TransferResult, connect
+from .config import DEFAULT_PORT
+
+T = TypeVar("T")
+
+
+class AsyncSession:
+    """The asyncio form of :class:`Session`: each call runs in a worker thread."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._lock = asyncio.Lock()
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        async with self._lock:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @property
+    def listing(self) -> Entries:
+        return self.session.listing
+
+    async def list(self, path: str = "", *, recursive: bool = False) -> Entries:
+        """See :meth:`Session.list`."""
+        return await self._call(self.session.list, path, recursive=recursive)
+
+    async def download(
+        self, remote: str, dest: Path | str | None = None, **kw: Any
+    ) -> TransferResult:
+        """See :meth:`Session.download`."""
+        return await self._call(self.session.download, remote, dest, **kw)
+
+    async def upload(
+        self, local: Path | str, remote: str | None = None, **kw: Any
+    ) -> TransferResult:
+        """See :meth:`Session.upload`."""
+        return await self._call(self.session.upload, local, remote, **kw)
+
+    async def close(self) -> None:
+        await self._call(self.session.close)
+
+    async def __aenter__(self) -> AsyncSession:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+async def aconnect(host: str, port: int = DEFAULT_PORT, **kwargs: Any) -> AsyncSession:
+    """The asyncio form of :func:`connect` (same arguments); returns an AsyncSession."""
+    session = await asyncio.to_thread(connect, host, port, **kwargs)
+    return AsyncSession(session)
+
+
+__all__ = ["AsyncSession", "aconnect"]
