@@ -1,0 +1,1 @@
+"""Throughput and resource benchmarks for tcpft: ``python -m benchmarks.run --help``."""
