@@ -44,8 +44,8 @@ from .errors import (
     error_from_wire,
     is_fatal,
 )
-from .integrity import HashThread, align_down, scan_prefix
-from .limits import MAX_DATA_PAYLOAD
+from .integrity import align_down, scan_prefix
+from .limits import FRAME_HEADER_SIZE, MAX_DATA_PAYLOAD
 from .messages import (
     PROTOCOL_VERSION,
     Ack,
@@ -71,12 +71,13 @@ from .messages import (
 from .names import PARTIAL_SUFFIX, local_target, printable, split_path
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role, State
+from .sink import InlineSink, Sink, ThreadSink
 from .tls import KnownHosts, TrustNew, open_client_tls
 
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
 _CHUNK = MAX_DATA_PAYLOAD
-_THREADED_HASH_MIN = 8 * 1024 * 1024  # below this, a thread costs more than it saves
+_THREADED_SINK_MIN = 8 * 1024 * 1024  # below this, a thread costs more than it saves
 
 Entries = list[Entry]
 
@@ -207,6 +208,7 @@ class Session:
         self.listing: Entries = []
         self._pacer = Pacer(limit_rate) if limit_rate else None
         self._view = memoryview(bytearray(_RECV_SIZE))
+        self._header = bytearray(FRAME_HEADER_SIZE)
         self._closed = False
 
     # --- wire helpers --------------------------------------------------------------
@@ -216,11 +218,11 @@ class Session:
         with _network("sending"):
             self.sock.sendall(data)
 
-    def _next(self, *, raise_errors: bool = True) -> Message:
+    def _next(self, *, raise_errors: bool = True, exact: bool = False) -> Message:
         while True:
             event = self.conn.next_event()
             if event is NEED_DATA:
-                self._receive(min(self.conn.bytes_wanted, _RECV_SIZE))
+                self._receive(min(self.conn.bytes_wanted, _RECV_SIZE), exact=exact)
                 continue
             if event is CLOSED:
                 raise ConnectionBroken("the server closed the connection")
@@ -229,16 +231,18 @@ class Session:
                 raise error_from_wire(event.code, event.text)
             return event
 
-    def _receive(self, at_least: int) -> None:
+    def _receive(self, at_least: int, *, exact: bool = False) -> None:
         """Read what is there (up to the buffer), and at least ``at_least`` bytes or EOF.
 
         TLS hands out one record (16 KiB) per call; gathering a whole frame here
-        keeps the core from being woken up for each of them.
+        keeps the core from being woken up for each of them. With ``exact``, read no
+        more than ``at_least``, so that the next frame starts on an empty buffer.
         """
         view, got = self._view, 0
+        end = at_least if exact else len(view)
         with _network("receiving"):
             while True:
-                n = self.sock.recv_into(view[got:])
+                n = self.sock.recv_into(view[got:end])
                 got += n
                 if n == 0 or got >= at_least:
                     break
@@ -334,15 +338,19 @@ class Session:
             if reply.offset != offset:
                 hasher = hashlib.sha256()
             with _local(partial):
-                os.ftruncate(fd, reply.offset)
+                # Only when needed: ext4 flushes a file truncated to zero when it is closed.
+                if os.fstat(fd).st_size != reply.offset:
+                    os.ftruncate(fd, reply.offset)
                 os.lseek(fd, reply.offset, os.SEEK_SET)
-            big = reply.size - reply.offset >= _THREADED_HASH_MIN
-            threaded = HashThread(hasher) if big else None
+            big = reply.size - reply.offset >= _THREADED_SINK_MIN
+            sink: Sink = ThreadSink(fd, hasher) if big else InlineSink(fd, hasher)
             try:
-                pos = self._receive_file(fd, partial, reply, threaded or hasher, progress)
+                pos = self._receive_file(sink, partial, reply, progress)
+                with _local(partial):
+                    sink.close()  # every chunk is written, and in ``hasher``
             finally:
-                if threaded is not None:
-                    threaded.close()  # every chunk is in ``hasher`` now
+                with contextlib.suppress(OSError):
+                    sink.close()
             done = self._next(raise_errors=False)
             if isinstance(done, Error):
                 keep = not _spoils_partial(done.code)
@@ -368,30 +376,65 @@ class Session:
                     os.unlink(partial)
 
     def _receive_file(
-        self, fd: int, path: Path, header: FileHeader, hasher: Any, progress: Progress | None
+        self, sink: Sink, path: Path, header: FileHeader, progress: Progress | None
     ) -> int:
+        """Receive the DATA of one file into ``sink``; return the file position reached.
+
+        DATA payloads go from the socket straight into the sink's buffers; only
+        when bytes are already buffered (or something else than DATA comes) does a
+        frame take the general path through the protocol core.
+        """
         pos, size = header.offset, header.size
         if progress:
             progress(pos, size)
         while pos < size:
-            msg = self._next(raise_errors=False)
-            if not isinstance(msg, Data):
-                if isinstance(msg, Error):
-                    if _spoils_partial(msg.code):
-                        with contextlib.suppress(OSError):
-                            os.unlink(path)
-                    raise error_from_wire(msg.code, msg.text)
-                raise RemoteProtocolError(f"unexpected {type(msg).__name__} during a download")
-            data = msg.data
-            with _local(path):
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            hasher.update(data)
-            pos += len(data)
+            length = self._data_header()
+            if length is not None:
+                with _local(path):
+                    buf = sink.buffer()
+                if self._recv_exactly(buf, length) < length:
+                    raise ConnectionBroken("connection closed in the middle of a DATA frame")
+                with _local(path):
+                    sink.submit(buf, length)
+            else:
+                msg = self._next(raise_errors=False, exact=True)
+                if not isinstance(msg, Data):
+                    if isinstance(msg, Error):
+                        if _spoils_partial(msg.code):
+                            with contextlib.suppress(OSError):
+                                os.unlink(path)
+                        raise error_from_wire(msg.code, msg.text)
+                    raise RemoteProtocolError(f"unexpected {type(msg).__name__} in a download")
+                length = len(msg.data)
+                with _local(path):
+                    sink.submit(msg.data, length)
+            pos += length
             if progress:
                 progress(pos, size)
         return pos
+
+    def _data_header(self) -> int | None:
+        """Read the next frame header ourselves; its DATA length, or None (general path)."""
+        if self.conn.buffered:
+            return None
+        header = self._header
+        got = self._recv_exactly(header, FRAME_HEADER_SIZE)
+        if got < FRAME_HEADER_SIZE:
+            self.conn.receive_data(header[:got])
+            self.conn.receive_data(b"")  # the peer closed: next_event says how badly
+            return None
+        return self.conn.receive_data_header(header)
+
+    def _recv_exactly(self, buf: bytearray, length: int) -> int:
+        """Fill ``buf[:length]`` from the socket; return the bytes read (fewer at EOF)."""
+        view, got = memoryview(buf), 0
+        with _network("receiving"):
+            while got < length:
+                n = self.sock.recv_into(view[got:length])
+                if n == 0:
+                    break
+                got += n
+        return got
 
     def _request_error(self, err: Error) -> TcpftError:
         exc = error_from_wire(err.code, err.text)

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 from .limits import RESUME_BLOCK_SIZE
 
@@ -130,30 +128,3 @@ class HashCache:
 
     def __len__(self) -> int:
         return len(self._items)
-
-
-class HashThread:
-    """Hashes chunks in a worker thread, in order, so hashing overlaps receiving.
-
-    hashlib releases the GIL on large updates, so this uses a second core. At most
-    ``depth`` chunks wait in the queue, which bounds memory.
-    """
-
-    def __init__(self, hasher: Any, depth: int = 8) -> None:
-        self.hasher = hasher
-        self._queue: queue.Queue[bytes | None] = queue.Queue(depth)
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
-            self.hasher.update(chunk)
-
-    def update(self, chunk: bytes) -> None:
-        self._queue.put(chunk)
-
-    def close(self) -> None:
-        """Wait until every queued chunk is hashed (again is harmless)."""
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()

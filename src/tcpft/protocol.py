@@ -21,13 +21,19 @@ from typing import Final
 from .errors import (
     ConnectionBroken,
     ErrorCode,
+    FrameTooLarge,
     LocalProtocolError,
     ProtocolError,
     RemoteProtocolError,
     is_fatal,
 )
-from .frames import FrameDecoder, frame_header
-from .limits import MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, MAX_PRELOGIN_PAYLOAD
+from .frames import HEADER, FrameDecoder, frame_header
+from .limits import (
+    FRAME_HEADER_SIZE,
+    MAX_CONTROL_PAYLOAD,
+    MAX_DATA_PAYLOAD,
+    MAX_PRELOGIN_PAYLOAD,
+)
 from .messages import (
     Ack,
     Bye,
@@ -250,6 +256,45 @@ class Connection:
             self._decoder.feed(data)
         else:
             self._eof = True
+
+    def receive_data_header(self, header: bytes | bytearray | memoryview) -> int | None:
+        """Fast path for bulk data: take a frame header the driver read itself.
+
+        Only when nothing is buffered (:attr:`buffered` is 0). For a DATA header that
+        is legal now, the state and byte count advance as if the frame were received,
+        and the payload length is returned: the driver must then read exactly that
+        many bytes as file content, straight into its own buffer. Any other header is
+        fed to the decoder as usual and None is returned: carry on with
+        :meth:`next_event`.
+
+        Raises:
+            LocalProtocolError: bytes are buffered, or ``header`` is not 5 bytes.
+            RemoteProtocolError: DATA is not allowed now, or is too long (CLOSED).
+        """
+        if self._decoder.buffered or len(header) != FRAME_HEADER_SIZE:
+            raise LocalProtocolError("receive_data_header needs an empty buffer and 5 bytes")
+        frame_type, length = HEADER.unpack(header)
+        if frame_type != Data.TYPE:
+            self._decoder.feed(header)
+            return None
+        try:
+            limit = _LIMITS[(self.state, self.role.peer, Data.TYPE)]
+            if limit is None:
+                raise RemoteProtocolError(f"unexpected DATA in state {self.state.value}")
+            if length > limit:
+                raise FrameTooLarge(f"DATA announces {length} bytes, limit is {limit}")
+            new = _transition(self.state, self.role.peer, Data(b""), local=False)
+            self._check_data(self.role.peer, length, local=False)
+        except ProtocolError:
+            self.state = State.CLOSED
+            raise
+        self.state = new
+        return int(length)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet turned into events."""
+        return self._decoder.buffered
 
     @property
     def bytes_wanted(self) -> int:

@@ -1,0 +1,114 @@
+"""The bulk-data fast path: Connection.receive_data_header and the sinks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from tcpft.errors import ErrorCode, FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from tcpft.messages import (
+    PROTOCOL_VERSION,
+    Error,
+    FileHeader,
+    Get,
+    Hello,
+    ListEnd,
+    Login,
+    LoginOk,
+    Welcome,
+)
+from tcpft.protocol import NEED_DATA, Connection, Role, State
+from tcpft.sink import InlineSink, ThreadSink
+
+
+def _downloading(size: int = 10) -> tuple[Connection, Connection]:
+    c, s = Connection(Role.CLIENT), Connection(Role.SERVER)
+    for sender, receiver, msg in [
+        (c, s, Hello(PROTOCOL_VERSION, "t")),
+        (s, c, Welcome(PROTOCOL_VERSION, "t")),
+        (c, s, Login("u", "p")),
+        (s, c, LoginOk("u")),
+        (s, c, ListEnd()),
+        (c, s, Get("f")),
+        (s, c, FileHeader("f", size, 0)),
+    ]:
+        receiver.receive_data(sender.send(msg))
+        assert receiver.next_event() == msg
+    return c, s
+
+
+def test_data_header_advances_the_count() -> None:
+    c, s = _downloading(10)
+    assert c.receive_data_header(s.send_data_header(6)) == 6
+    assert c.remaining == 4 and c.state is State.DOWNLOADING
+
+
+def test_other_frames_go_through_the_decoder() -> None:
+    c, s = _downloading(10)
+    frame = s.send_error(ErrorCode.FILE_CHANGED, "the file changed")  # non-fatal
+    assert c.receive_data_header(frame[:5]) is None
+    c.receive_data(frame[5:])
+    event = c.next_event()
+    assert isinstance(event, Error) and c.state is State.READY
+
+
+def test_data_beyond_the_announced_size_is_refused() -> None:
+    c, _ = _downloading(10)
+    with pytest.raises(RemoteProtocolError):
+        c.receive_data_header(bytes([0x0A, 0, 0, 0, 11]))
+    assert c.state is State.CLOSED
+
+
+def test_oversize_data_is_refused_from_the_header() -> None:
+    c, _ = _downloading(10)
+    with pytest.raises(FrameTooLarge):
+        c.receive_data_header(bytes([0x0A, 0, 0x10, 0, 1]))
+
+
+def test_data_in_the_wrong_state_is_refused() -> None:
+    c = Connection(Role.CLIENT)
+    c.send(Hello(PROTOCOL_VERSION, "t"))
+    with pytest.raises(RemoteProtocolError):
+        c.receive_data_header(bytes([0x0A, 0, 0, 0, 1]))
+
+
+def test_needs_an_empty_buffer() -> None:
+    c, _ = _downloading(10)
+    c.receive_data(b"\x0a")
+    assert c.next_event() is NEED_DATA
+    with pytest.raises(LocalProtocolError):
+        c.receive_data_header(bytes(5))
+
+
+@pytest.mark.parametrize("sink_class", [InlineSink, ThreadSink])
+def test_sinks_write_and_hash_in_order(tmp_path: Path, sink_class: type) -> None:
+    chunks = [os.urandom(n) for n in (1, 1000, 1 << 20, 77, 300_000)]
+    fd = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    hasher = hashlib.sha256()
+    sink = sink_class(fd, hasher)
+    for i, chunk in enumerate(chunks):
+        if i % 2:
+            sink.submit(chunk, len(chunk))  # bytes from the general path
+        else:
+            buf = sink.buffer()
+            buf[: len(chunk)] = chunk
+            sink.submit(buf, len(chunk))
+    sink.close()
+    os.close(fd)
+    data = b"".join(chunks)
+    assert (tmp_path / "out").read_bytes() == data
+    assert hasher.digest() == hashlib.sha256(data).digest()
+
+
+def test_thread_sink_reports_a_failed_write() -> None:
+    fd = os.open("/dev/full", os.O_WRONLY)
+    try:
+        sink = ThreadSink(fd, hashlib.sha256())
+        sink.submit(b"x" * 10, 10)
+        with pytest.raises(OSError):
+            sink.close()
+    finally:
+        os.close(fd)
