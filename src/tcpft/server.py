@@ -595,30 +595,38 @@ class _Session:
         upload.truncate(offset)
         await self._send(PutReady(offset, digest))
         failed: TcpftError | None = None
-        while True:
-            msg = await self._next(self.cfg.stall_timeout)
-            if isinstance(msg, Data):
+        # One chunk is written and hashed in a worker while the next one arrives.
+        pending: asyncio.Future[None] | None = None
+        try:
+            while True:
+                msg = await self._next(self.cfg.stall_timeout)
                 if failed is None:
-                    try:
-                        await asyncio.to_thread(_write_chunk, upload, msg.data, hasher)
-                        rec.bytes += len(msg.data)
-                    except TcpftError as exc:
-                        failed = exc
+                    failed, pending = await _settled(pending), None
+                    if failed is not None:
                         upload.abort(keep=False)
-                        await self._send(Error.of(exc.code, str(exc)))
-                continue
-            if isinstance(msg, Done):
-                rec.sha256 = msg.sha256.hex()
-            if failed is not None:
-                rec.result = "failed"
-            elif isinstance(msg, Done):
-                rec.result = await self._finish_upload(upload, hasher.digest(), msg.sha256)
-            else:
-                upload.abort(keep=False)
-                rec.result = "cancelled"
-            if isinstance(msg, Cancel):
-                await self._send(Ack(True))
-            return
+                        await self._send(Error.of(failed.code, str(failed)))
+                if isinstance(msg, Data):
+                    if failed is None:
+                        pending = asyncio.ensure_future(
+                            asyncio.to_thread(_write_chunk, upload, msg.data, hasher)
+                        )
+                        rec.bytes += len(msg.data)
+                    continue
+                break
+        finally:
+            if pending is not None and not pending.done():
+                pending.add_done_callback(_retrieve)  # the handle's close waits for it
+        if isinstance(msg, Done):
+            rec.sha256 = msg.sha256.hex()
+        if failed is not None:
+            rec.result = "failed"
+        elif isinstance(msg, Done):
+            rec.result = await self._finish_upload(upload, hasher.digest(), msg.sha256)
+        else:
+            upload.abort(keep=False)
+            rec.result = "cancelled"
+        if isinstance(msg, Cancel):
+            await self._send(Ack(True))
 
     async def _finish_upload(self, upload: UploadHandle, ours: bytes, theirs: bytes) -> str:
         if ours != theirs:
@@ -641,6 +649,23 @@ def _read_chunk(fd: int, n: int, pos: int, hasher: Any) -> bytes:
     if hasher is not None:
         hasher.update(chunk)
     return chunk
+
+
+async def _settled(pending: asyncio.Future[None] | None) -> TcpftError | None:
+    """Wait for a chunk's write; the error it met, if any."""
+    if pending is None:
+        return None
+    try:
+        await pending
+    except TcpftError as exc:
+        return exc
+    return None
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Collect the outcome of a write nobody waits for any more."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _write_chunk(upload: UploadHandle, data: bytes, hasher: Any) -> None:

@@ -16,6 +16,7 @@ import errno
 import fcntl
 import os
 import stat
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -137,6 +138,9 @@ class UploadHandle(_Closing):
         self.partial = partial_name(name)
         self.size, self.mtime_ns, self.force = size, mtime_ns, force
         self._open = True
+        # A write may run in a worker thread: closing waits for it, so that the
+        # descriptor is never closed (and reused) under a write in progress.
+        self._lock = threading.Lock()
 
     def open_partial_for_read(self) -> int:
         """Open the partial file again, read-only (to hash the prefix already present).
@@ -166,11 +170,14 @@ class UploadHandle(_Closing):
             LocalFileError: any other write failure.
         """
         view = memoryview(data).cast("B")
-        try:
-            while view:
-                view = view[os.write(self.fd, view) :]
-        except OSError as exc:
-            raise _io_error(exc, f"write {printable(self.name)}") from None
+        with self._lock:
+            if not self._open:
+                raise LocalFileError(f"the upload of {printable(self.name)} is closed")
+            try:
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError as exc:
+                raise _io_error(exc, f"write {printable(self.name)}") from None
 
     def truncate(self, offset: int) -> None:
         """Cut the partial file to ``offset`` bytes; writing goes on from there.
@@ -257,10 +264,11 @@ class UploadHandle(_Closing):
         self.abort(keep=False)
 
     def _close(self) -> None:
-        if self._open:
-            self._open = False
-            os.close(self.fd)
-            os.close(self._parent_fd)
+        with self._lock:
+            if self._open:
+                self._open = False
+                os.close(self.fd)
+                os.close(self._parent_fd)
 
 
 class ServedDirectory(_Closing):
