@@ -206,6 +206,8 @@ def _connect(
     args: argparse.Namespace, host: str, port: int, user: str, password: Callable[[], str]
 ) -> Session:
     known_hosts = Path(args.known_hosts) if args.known_hosts else known_hosts_path()
+    if args.plaintext:
+        _err("tcpft: warning: --plaintext: the password and the files travel UNENCRYPTED")
     return connect(
         host.strip("[]"),
         port,

@@ -41,6 +41,8 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO planted under the partial's name fails to open instead of hanging.
 _PARTIAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+#: Permissions of a committed upload (its partial file is 0600 while it is incomplete).
+UPLOADED_MODE = 0o644
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NO_LINK = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
 
@@ -214,6 +216,7 @@ class UploadHandle(_Closing):
             if length != self.size:
                 raise IntegrityError(f"{shown}: received {length} bytes, expected {self.size}")
             try:
+                os.fchmod(self.fd, UPLOADED_MODE)  # the partial was private until now
                 os.utime(self.fd, ns=(self.mtime_ns, self.mtime_ns))
                 os.fsync(self.fd)
                 self._rename()
@@ -414,9 +417,9 @@ class ServedDirectory(_Closing):
         """Prepare to receive ``size`` bytes into file ``path``.
 
         Missing parent directories are created. The data goes to a hidden partial file
-        beside the target (mode 0600, which the final file keeps). With ``resume`` an
-        existing partial file no longer than ``size`` is kept and its length is the
-        handle's ``offset``; otherwise it is emptied.
+        beside the target (mode 0600; the committed file gets UPLOADED_MODE, 0644).
+        With ``resume`` an existing partial file no longer than ``size`` is kept and
+        its length is the handle's ``offset``; otherwise it is emptied.
 
         Raises:
             InvalidName: ``path`` is not a valid name or names a partial file, its

@@ -466,3 +466,16 @@ def test_serve_missing_directory_exits_2(env: Env, tmp_path: Path) -> None:
     r = tcpft(env, "serve", str(tmp_path / "nope"), "--port", "0")
     assert r.returncode == 2
     assert "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_plaintext_needs_the_flag_and_warns(
+    start_server: Callable[..., ServerThread], env: Env
+) -> None:
+    plain = start_server(plaintext=True)
+    r = tcpft(env, "ls", addr(plain), "--plaintext")
+    assert r.returncode == 0, r.stderr
+    assert "hello.txt" in r.stdout
+    assert "UNENCRYPTED" in r.stderr
+    r = tcpft(env, "ls", addr(plain))  # TLS against a plaintext server
+    assert r.returncode == 3
+    assert "plaintext" in r.stderr

@@ -323,6 +323,7 @@ def test_fresh_upload_commit(root: Path, served: ServedDirectory) -> None:
     handle.commit()
     assert (root / "d" / "new.bin").read_bytes() == data
     assert os.stat(root / "d" / "new.bin").st_mtime_ns == MTIME
+    assert stat.S_IMODE(os.stat(root / "d" / "new.bin").st_mode) == 0o644
     assert not partial.exists()
     assert [e.path for e in served.list("d")] == ["d/new.bin"]
     handle.abort(keep=False)  # harmless after commit
