@@ -290,7 +290,8 @@ class Session:
         resume: bool = False,
         progress: Progress | None = None,
     ) -> TransferResult:
-        """Download ``remote`` to ``dest`` (a file path, or an existing directory).
+        """Download ``remote`` to ``dest``: a file path, a directory, or a string ending
+        in ``/`` (a directory, created if missing).
 
         With ``resume``, a partial file left by an earlier attempt is verified against
         the server's file and only the missing bytes are fetched.
@@ -305,6 +306,9 @@ class Session:
         """
         parts = split_path(remote)
         target = Path(dest) if dest is not None else Path(parts[-1])
+        if isinstance(dest, str) and dest.endswith(("/", os.sep)):  # "downloads/": a folder
+            with _local(target):
+                target.mkdir(parents=True, exist_ok=True)
         if target.is_dir():
             target = target / parts[-1]
         return self._download_to(remote, target, force=force, resume=resume, progress=progress)

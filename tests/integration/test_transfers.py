@@ -238,3 +238,12 @@ def test_plaintext_repeat_download_uses_the_cached_digest(
         second = s.download("data.bin", env.client / "2")  # sent with os.sendfile
     assert first.sha256 == second.sha256 == _sha(env.root / "data.bin")
     assert (env.client / "2").read_bytes() == (env.root / "data.bin").read_bytes()
+
+
+def test_destination_with_a_trailing_slash_is_a_folder(
+    env: Env, server: ServerThread, login: Login
+) -> None:
+    with login(server) as s:
+        result = s.download("hello.txt", f"{env.client}/new/folder/")
+    assert result.local == env.client / "new" / "folder" / "hello.txt"
+    assert result.local.read_text() == "hello, world\n"
