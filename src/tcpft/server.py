@@ -69,6 +69,7 @@ log = logging.getLogger("tcpft.server")
 
 SOFTWARE = f"tcpft/{__version__}"
 _READ_SIZE = MAX_DATA_PAYLOAD + 64
+_READ_BLOCK = 512 * 1024  # file bytes read (and hashed) per step of a download
 _PRELOGIN_READ = MAX_PRELOGIN_PAYLOAD + FRAME_HEADER_SIZE
 _STREAM_LIMIT = 64 * 1024  # asyncio pauses reading at twice this: bounds memory per peer
 _CLOSE_TIMEOUT = 2.0
@@ -502,27 +503,51 @@ class _Session:
         if hasher is None and self.server.ssl_context is None and self.pacer is None:
             await self._sendfile(fd, start, size, rec)
             return
-        pos, chunk_size = start, self.cfg.chunk_size
-        while pos < size:
-            n = min(chunk_size, size - pos)
-            try:
-                if hasher is None:  # a page-cache read: cheaper than a thread hop
-                    chunk = os.pread(fd, n, pos)
-                else:  # hashing too: off the event loop (hashlib releases the GIL)
-                    chunk = await asyncio.to_thread(_read_chunk, fd, n, pos, hasher)
-            except OSError as exc:
-                raise _ReadFailed(str(exc.strerror or exc)) from None
-            if not chunk:
-                break
-            self.writer.write(self.conn.send_data_header(len(chunk)))
-            self.writer.write(chunk)
+        pos = start
+        pending = self._read_ahead(fd, pos, size, hasher)
+        try:
+            while pending is not None:
+                try:
+                    block = await pending
+                except OSError as exc:
+                    raise _ReadFailed(str(exc.strerror or exc)) from None
+                wanted = min(_READ_BLOCK, size - pos)
+                nxt = pos + len(block)
+                # Read (and hash) the next block while this one goes out.
+                pending = self._read_ahead(fd, nxt, size, hasher) if len(block) == wanted else None
+                await self._send_block(block)
+                pos = nxt
+                rec.bytes = pos - start
+        finally:
+            if pending is not None and not pending.done():
+                pending.add_done_callback(_retrieve)
+
+    def _read_ahead(
+        self, fd: int, pos: int, size: int, hasher: Any
+    ) -> asyncio.Future[bytes] | None:
+        """Start reading the block at ``pos`` (in a worker when it must be hashed too)."""
+        if pos >= size:
+            return None
+        n = min(_READ_BLOCK, size - pos)
+        if hasher is not None:  # off the event loop: hashlib releases the GIL
+            return asyncio.ensure_future(asyncio.to_thread(_read_chunk, fd, n, pos, hasher))
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        try:  # a page-cache read: cheaper than a thread hop
+            future.set_result(os.pread(fd, n, pos))
+        except OSError as exc:
+            future.set_exception(exc)
+        return future
+
+    async def _send_block(self, block: bytes) -> None:
+        """Send one block read from the file as DATA frames of the configured size."""
+        view, step = memoryview(block), self.cfg.chunk_size
+        for i in range(0, len(block), step):
+            frame = view[i : i + step]
+            self.writer.write(self.conn.send_data_header(len(frame)))
+            self.writer.write(frame)
             await self._drain()
-            pos += len(chunk)
-            rec.bytes = pos - start
             if self.pacer is not None:
-                await asyncio.sleep(self.pacer.delay(len(chunk)))
-            if len(chunk) < n:
-                break
+                await asyncio.sleep(self.pacer.delay(len(frame)))
 
     async def _sendfile(self, fd: int, start: int, size: int, rec: _Transfer) -> None:
         """Plaintext with a known digest: let the kernel copy the file (os.sendfile)."""
@@ -662,7 +687,7 @@ async def _settled(pending: asyncio.Future[None] | None) -> TcpftError | None:
     return None
 
 
-def _retrieve(future: asyncio.Future[None]) -> None:
+def _retrieve(future: asyncio.Future[Any]) -> None:
     """Collect the outcome of a write nobody waits for any more."""
     if not future.cancelled():
         future.exception()
