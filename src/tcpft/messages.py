@@ -183,6 +183,18 @@ class Message:
         return cls()
 
 
+def _write_greeting(w: _Writer, version: int, software: str) -> None:
+    w.fixed(MAGIC, 4)
+    w.u16(version)
+    w.str(_clip(software, MAX_SOFTWARE_BYTES))
+
+
+def _read_greeting(r: _Reader, peer: str) -> tuple[int, str]:
+    if r.fixed(4) != MAGIC:
+        raise RemoteProtocolError(f"bad magic: the peer is not a tcpft {peer}")
+    return r.u16(), r.str()
+
+
 @dataclass(frozen=True, slots=True)
 class Hello(Message):
     """Client -> server, first frame: magic, highest version spoken, software name."""
@@ -192,15 +204,11 @@ class Hello(Message):
     software: str = ""
 
     def _write(self, w: _Writer) -> None:
-        w.fixed(MAGIC, 4)
-        w.u16(self.version)
-        w.str(_clip(self.software, MAX_SOFTWARE_BYTES))
+        _write_greeting(w, self.version, self.software)
 
     @classmethod
     def _read(cls, r: _Reader) -> Hello:
-        if r.fixed(4) != MAGIC:
-            raise RemoteProtocolError("bad magic: the peer is not a tcpft client")
-        return cls(r.u16(), r.str())
+        return cls(*_read_greeting(r, "client"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,15 +220,11 @@ class Welcome(Message):
     software: str = ""
 
     def _write(self, w: _Writer) -> None:
-        w.fixed(MAGIC, 4)
-        w.u16(self.version)
-        w.str(_clip(self.software, MAX_SOFTWARE_BYTES))
+        _write_greeting(w, self.version, self.software)
 
     @classmethod
     def _read(cls, r: _Reader) -> Welcome:
-        if r.fixed(4) != MAGIC:
-            raise RemoteProtocolError("bad magic: the peer is not a tcpft server")
-        return cls(r.u16(), r.str())
+        return cls(*_read_greeting(r, "server"))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
