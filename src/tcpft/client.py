@@ -76,7 +76,7 @@ from .tls import KnownHosts, TrustNew, open_client_tls
 
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
-_CHUNK = MAX_DATA_PAYLOAD
+_CHUNK = 256 * 1024  # DATA frame size of uploads: bounds what the server buffers per peer
 _THREADED_SINK_MIN = 8 * 1024 * 1024  # below this, a thread costs more than it saves
 
 Entries = list[Entry]
