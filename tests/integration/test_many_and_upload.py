@@ -231,3 +231,19 @@ def test_malicious_names_cannot_escape_the_destination(
     assert "\x1b" not in str(info.value)
     assert not (tmp_path / "escaped").exists()
     assert [p for p in tmp_path.rglob("*") if "escaped" in p.name] == []
+
+
+@pytest.mark.timeout(60)
+def test_rate_limits_on_the_server_and_on_the_client(
+    env: Env, start_server: Callable[..., ServerThread], login: Login_
+) -> None:
+    # 8 MiB at 4 MiB/s with a 1 MiB burst: at least 1.75 s each way (a lower bound only).
+    (env.root / "slow.bin").write_bytes(os.urandom(8 * MiB))
+    srv = start_server(limit_rate=4 * MiB)
+    with login(srv) as s:
+        got = s.download("slow.bin", env.client)
+    assert got.seconds >= 1.5
+    with login(srv, limit_rate=4 * MiB) as s:
+        sent = s.upload(env.client / "slow.bin", "back.bin")
+    assert sent.seconds >= 1.5
+    assert (env.root / "back.bin").read_bytes() == (env.root / "slow.bin").read_bytes()
