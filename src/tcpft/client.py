@@ -72,7 +72,7 @@ from .names import PARTIAL_SUFFIX, local_target, printable, split_path
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role, State
 from .sink import InlineSink, Sink, ThreadSink
-from .tls import KnownHosts, TrustNew, open_client_tls
+from .tls import KnownHosts, TrustNew, open_client_tls, parse_fingerprint
 
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
@@ -164,6 +164,8 @@ def connect(
         AuthFailed: the credentials were refused.
         UsageError: a bad argument (fingerprint, cafile).
     """
+    if fingerprint is not None:
+        fingerprint = parse_fingerprint(fingerprint)  # a typo is a usage error, found offline
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except TimeoutError:

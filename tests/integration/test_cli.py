@@ -479,3 +479,9 @@ def test_plaintext_needs_the_flag_and_warns(
     r = tcpft(env, "ls", addr(plain))  # TLS against a plaintext server
     assert r.returncode == 3
     assert "plaintext" in r.stderr
+
+
+def test_malformed_fingerprint_is_a_usage_error_before_connecting(env: Env) -> None:
+    r = tcpft(env, "ls", f"127.0.0.1:{free_port()}", "--fingerprint", "SHA256:nonsense")
+    assert r.returncode == 2
+    assert "fingerprint" in r.stderr and "cannot connect" not in r.stderr
