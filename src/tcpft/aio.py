@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .client import Entries, Session, TransferResult, connect
+from .client import Entries, Results, Session, TransferResult, connect
 from .config import DEFAULT_PORT
 
 T = TypeVar("T")
@@ -50,6 +50,22 @@ class AsyncSession:
     ) -> TransferResult:
         """See :meth:`Session.upload`."""
         return await self._call(self.session.upload, local, remote, **kw)
+
+    async def glob(self, pattern: str) -> Entries:
+        """See :meth:`Session.glob`."""
+        return await self._call(self.session.glob, pattern)
+
+    async def download_tree(
+        self, remote_dir: str, dest_dir: Path | str, **kw: Any
+    ) -> Results:
+        """See :meth:`Session.download_tree`."""
+        return await self._call(self.session.download_tree, remote_dir, dest_dir, **kw)
+
+    async def upload_tree(
+        self, local_dir: Path | str, remote_dir: str | None = None, **kw: Any
+    ) -> Results:
+        """See :meth:`Session.upload_tree`."""
+        return await self._call(self.session.upload_tree, local_dir, remote_dir, **kw)
 
     async def close(self) -> None:
         await self._call(self.session.close)

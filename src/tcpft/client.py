@@ -20,6 +20,7 @@ import os
 import select
 import socket
 import ssl
+import stat
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -569,13 +570,14 @@ class Session:
         remote = remote if remote is not None else path.name
         split_path(remote)
         started = time.monotonic()
-        with _local(path):
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with _local(path):  # O_NONBLOCK: a FIFO must not hang the open
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             with _local(path):
                 st = os.fstat(fd)
-            if not os.path.isfile(path):
-                raise LocalFileError(f"{path} is not a regular file")
+                if not stat.S_ISREG(st.st_mode):
+                    raise LocalFileError(f"{path} is not a regular file")
+                os.set_blocking(fd, True)
             return self._upload_fd(fd, path, remote, st, force, resume, progress, started)
         finally:
             os.close(fd)

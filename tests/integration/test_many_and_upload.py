@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import socket
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tcpft.aio import aconnect
 from tcpft.client import Session, connect
 from tcpft.errors import (
     AlreadyExists,
     ConnectError,
+    LocalFileError,
     PermissionDenied,
     RemoteProtocolError,
     TooLarge,
@@ -32,7 +35,7 @@ from tcpft.messages import (
 )
 from tcpft.protocol import NEED_DATA, Connection, Role
 
-from ..conftest import BOB, Env, ServerThread
+from ..conftest import ALICE, BOB, Env, ServerThread
 
 Login_ = Callable[..., Session]
 MiB = 1024 * 1024
@@ -247,3 +250,31 @@ def test_rate_limits_on_the_server_and_on_the_client(
         sent = s.upload(env.client / "slow.bin", "back.bin")
     assert sent.seconds >= 1.5
     assert (env.root / "back.bin").read_bytes() == (env.root / "slow.bin").read_bytes()
+
+
+@pytest.mark.timeout(20)
+def test_uploading_a_fifo_is_refused_without_hanging(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    fifo = env.client / "pipe"
+    os.mkfifo(fifo)
+    with login(server) as s:
+        with pytest.raises(LocalFileError, match="not a regular file"):
+            s.upload(fifo)
+        s.download("hello.txt", env.client)  # the session goes on
+    assert not (env.root / "pipe").exists()
+
+
+def test_async_tree_and_glob(env: Env, server: ServerThread) -> None:
+    async def main() -> tuple[list[str], int, int]:
+        async with await aconnect(
+            "127.0.0.1", server.port, user=ALICE[0], password=ALICE[1],
+            known_hosts=env.known_hosts,
+        ) as s:  # fmt: skip
+            found = [e.path for e in await s.glob("*.txt")]
+            down = await s.download_tree("sub", env.client)
+            up = await s.upload_tree(env.client / "sub", "copy")
+            return found, len(down), len(up)
+
+    assert asyncio.run(main()) == (["hello.txt"], 1, 1)
+    assert (env.root / "copy" / "inner.txt").read_text() == "inner\n"
