@@ -55,9 +55,7 @@ class AsyncSession:
         """See :meth:`Session.glob`."""
         return await self._call(self.session.glob, pattern)
 
-    async def download_tree(
-        self, remote_dir: str, dest_dir: Path | str, **kw: Any
-    ) -> Results:
+    async def download_tree(self, remote_dir: str, dest_dir: Path | str, **kw: Any) -> Results:
         """See :meth:`Session.download_tree`."""
         return await self._call(self.session.download_tree, remote_dir, dest_dir, **kw)
 

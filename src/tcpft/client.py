@@ -72,7 +72,7 @@ from .messages import (
 from .names import PARTIAL_SUFFIX, local_target, printable, split_path
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role, State
-from .sink import InlineSink, Sink, ThreadSink
+from .sink import InlineSink, Sink, ThreadSink, preallocate, release_preallocation
 from .tls import KnownHosts, TrustNew, open_client_tls, parse_fingerprint
 
 SOFTWARE = f"tcpft/{__version__}"
@@ -350,6 +350,8 @@ class Session:
                     os.ftruncate(fd, reply.offset)
                 os.lseek(fd, reply.offset, os.SEEK_SET)
             big = reply.size - reply.offset >= _THREADED_SINK_MIN
+            if big:
+                preallocate(fd, reply.offset, reply.size - reply.offset)
             sink: Sink = ThreadSink(fd, hasher) if big else InlineSink(fd, hasher)
             try:
                 pos = self._receive_file(sink, partial, reply, progress)
@@ -377,6 +379,8 @@ class Session:
                 done.sha256.hex(), time.monotonic() - started,
             )  # fmt: skip
         finally:
+            if keep:
+                release_preallocation(fd)
             os.close(fd)
             if keep is False:
                 with contextlib.suppress(OSError):

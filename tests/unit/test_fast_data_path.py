@@ -21,7 +21,7 @@ from tcpft.messages import (
     Welcome,
 )
 from tcpft.protocol import NEED_DATA, Connection, Role, State
-from tcpft.sink import InlineSink, ThreadSink
+from tcpft.sink import InlineSink, ThreadSink, preallocate, release_preallocation
 
 
 def _downloading(size: int = 10) -> tuple[Connection, Connection]:
@@ -112,3 +112,34 @@ def test_thread_sink_reports_a_failed_write() -> None:
             sink.close()
     finally:
         os.close(fd)
+
+
+def test_preallocation_reserves_blocks_but_keeps_the_size(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"x" * 100)
+        preallocate(fd, 100, 4 << 20)
+        st = os.fstat(fd)
+        assert st.st_size == 100  # a partial file still says how much was received
+        if st.st_blocks * 512 < 4 << 20:
+            pytest.skip("this file system does not preallocate")
+        os.write(fd, b"y" * 1000)
+        release_preallocation(fd)
+        st = os.fstat(fd)
+        assert st.st_size == 1100
+        assert st.st_blocks * 512 <= 64 * 1024  # the unused reservation is given back
+    finally:
+        os.close(fd)
+    assert (tmp_path / "part").read_bytes() == b"x" * 100 + b"y" * 1000
+
+
+def test_preallocation_is_best_effort(tmp_path: Path) -> None:
+    fd = os.open(tmp_path / "part", os.O_WRONLY | os.O_CREAT)
+    try:
+        preallocate(fd, 0, 1 << 62)  # far more than any disk: refused, silently
+        preallocate(fd, 0, 0)
+        release_preallocation(fd)
+        assert os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)
+
