@@ -63,13 +63,15 @@ from .messages import (
 from .names import printable
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role
-from .storage import ServedDirectory, UploadHandle
+from .storage import ReadHandle, ServedDirectory, UploadHandle
 
 log = logging.getLogger("tcpft.server")
 
 SOFTWARE = f"tcpft/{__version__}"
 _READ_SIZE = MAX_DATA_PAYLOAD + 64
 _READ_BLOCK = 512 * 1024  # file bytes read (and hashed) per step of a download
+_SMALL_FILE = 256 * 1024  # up to this, a download is sent in one write (see _send_small)
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _PRELOGIN_READ = MAX_PRELOGIN_PAYLOAD + FRAME_HEADER_SIZE
 _STREAM_LIMIT = 64 * 1024  # asyncio pauses reading at twice this: bounds memory per peer
 _CLOSE_TIMEOUT = 2.0
@@ -477,24 +479,84 @@ class _Session:
                     start = req.offset
                     if scan is not None and sha is None:
                         hasher = scan.whole
-            await self._send(FileHeader(req.path, handle.size, handle.mtime_ns, start))
-            try:
-                await self._stream_file(handle.fd, start, handle.size, hasher, rec)
-            except _ReadFailed as exc:
-                log.warning("reading %s failed: %s", printable(req.path), exc)
-                rec.result = "read-error"
-                await self._send(Error.of(ErrorCode.IO_ERROR, "the server could not read the file"))
+            header = FileHeader(req.path, handle.size, handle.mtime_ns, start)
+            if handle.size - start <= min(self.cfg.chunk_size, _SMALL_FILE) and not self.pacer:
+                sent = await self._send_small(handle, header, hasher, sha, rec)
+            else:
+                sent = await self._send_large(handle, header, hasher, sha, rec)
+            if not sent:
                 return
-            if rec.bytes < handle.size - start or handle.changed():
-                rec.result = "changed"
-                await self._send(Error.of(ErrorCode.FILE_CHANGED, str(FileChanged())))
-                return
-            digest = sha if sha else hasher.digest()
-            server.hashes.put_sha256(ident, digest)
-            rec.sha256 = digest.hex()
-            await self._send(Done(digest))
             ack = await self._next(self.cfg.stall_timeout)
             rec.result = "ok" if isinstance(ack, Ack) and ack.ok else "rejected"
+
+    async def _send_large(
+        self, handle: ReadHandle, header: FileHeader, hasher: Any, sha: bytes | None,
+        rec: _Transfer,
+    ) -> bool:  # fmt: skip
+        """FILE, the DATA frames, DONE; False when an ERROR ended the transfer instead."""
+        await self._send(header)
+        start = header.offset
+        try:
+            await self._stream_file(handle.fd, start, handle.size, hasher, rec)
+        except _ReadFailed as exc:
+            await self._read_failed(header, rec, str(exc))
+            return False
+        if rec.bytes < handle.size - start or handle.changed():
+            await self._file_changed(rec)
+            return False
+        await self._send(self._done(handle, sha or hasher.digest(), rec))
+        return True
+
+    async def _send_small(
+        self, handle: ReadHandle, header: FileHeader, hasher: Any, sha: bytes | None,
+        rec: _Transfer,
+    ) -> bool:  # fmt: skip
+        """A file whose rest fits in one DATA frame: FILE, DATA and DONE in one write.
+
+        Many small files are bound by the cost per file, so this saves the steps and
+        system calls of three writes, and the thread hop when the file is in the page
+        cache. Same frames, same errors as :meth:`_send_large`.
+        """
+        n = handle.size - header.offset
+        cached = _read_cached(handle.fd, n, header.offset)
+        block: bytes | bytearray
+        try:
+            if cached is None:
+                block = await asyncio.to_thread(_read_chunk, handle.fd, n, header.offset, hasher)
+            else:
+                block = cached
+                if hasher is not None:
+                    hasher.update(block)  # at most 256 KiB: shorter than a thread hop
+        except OSError as exc:
+            await self._send(header)
+            await self._read_failed(header, rec, str(exc.strerror or exc))
+            return False
+        if len(block) < n or handle.changed():
+            await self._send(header)
+            await self._file_changed(rec)
+            return False
+        done = self._done(handle, sha or hasher.digest(), rec)
+        frames: list[bytes | bytearray] = [self.conn.send(header)]
+        if n:  # an empty file has no DATA
+            frames += [self.conn.send_data_header(n), block]
+        self.writer.writelines([*frames, self.conn.send(done)])
+        rec.bytes = n
+        await self._drain()
+        return True
+
+    def _done(self, handle: ReadHandle, digest: bytes, rec: _Transfer) -> Done:
+        self.server.hashes.put_sha256(handle.identity, digest)
+        rec.sha256 = digest.hex()
+        return Done(digest)
+
+    async def _read_failed(self, header: FileHeader, rec: _Transfer, why: str) -> None:
+        log.warning("reading %s failed: %s", printable(header.path), why)
+        rec.result = "read-error"
+        await self._send(Error.of(ErrorCode.IO_ERROR, "the server could not read the file"))
+
+    async def _file_changed(self, rec: _Transfer) -> None:
+        rec.result = "changed"
+        await self._send(Error.of(ErrorCode.FILE_CHANGED, str(FileChanged())))
 
     async def _stream_file(
         self, fd: int, start: int, size: int, hasher: Any, rec: _Transfer
@@ -666,6 +728,18 @@ class _Session:
             return "failed"
         await self._send(Ack(True))
         return "ok"
+
+
+def _read_cached(fd: int, n: int, pos: int) -> bytearray | None:
+    """``n`` bytes at ``pos`` if all are in the page cache (no wait for the disk), else None."""
+    if _RWF_NOWAIT is None:
+        return None
+    buf = bytearray(n)
+    try:
+        got = os.preadv(fd, [buf], pos, _RWF_NOWAIT)
+    except OSError:  # not cached (EAGAIN), or not supported here: read in a worker
+        return None
+    return buf if got == n else None
 
 
 def _read_chunk(fd: int, n: int, pos: int, hasher: Any) -> bytes:

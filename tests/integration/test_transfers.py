@@ -141,6 +141,30 @@ def test_cut_connection_leaves_no_file_under_the_final_name_then_resumes(
     assert not partial.exists()
 
 
+@pytest.mark.parametrize("size", [0, 1, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1])
+def test_sizes_around_the_one_write_path(
+    env: Env, server: ServerThread, login: Login, size: int
+) -> None:
+    """Up to 256 KiB a file goes out as FILE, DATA and DONE in one write; above, streamed."""
+    _write_random(env.root / "s.bin", size)
+    with login(server) as s:
+        for _ in range(2):  # the second time, the server has the digest cached
+            result = s.download("s.bin", env.client, force=True)
+            assert result.size == result.transferred == size
+            assert (env.client / "s.bin").read_bytes() == (env.root / "s.bin").read_bytes()
+            assert result.sha256 == _sha(env.root / "s.bin")
+
+
+def test_resume_with_a_small_rest(env: Env, server: ServerThread, login: Login) -> None:
+    _write_random(env.root / "r.bin", 4 * 1024 * 1024 + 1000)
+    content = (env.root / "r.bin").read_bytes()
+    (env.client / "r.bin.tcpft-part").write_bytes(content[: 4 * 1024 * 1024 + 10])
+    with login(server) as s:
+        result = s.download("r.bin", env.client, resume=True)
+    assert (result.resumed_from, result.transferred) == (4 * 1024 * 1024, 1000)
+    assert (env.client / "r.bin").read_bytes() == content
+
+
 def test_resume_of_a_changed_file_starts_over(env: Env, server: ServerThread, login: Login) -> None:
     _write_random(env.root / "v.bin", 9 * 1024 * 1024)
     # A partial copy of an older version of the file.

@@ -21,6 +21,7 @@ from tcpft.messages import (
     Welcome,
 )
 from tcpft.protocol import NEED_DATA, Connection, Role, State
+from tcpft.server import _read_cached
 from tcpft.sink import InlineSink, ThreadSink, preallocate, release_preallocation
 
 
@@ -143,3 +144,16 @@ def test_preallocation_is_best_effort(tmp_path: Path) -> None:
     finally:
         os.close(fd)
 
+
+def test_cached_read_gives_the_bytes_or_none(tmp_path: Path) -> None:
+    data = os.urandom(100_000)
+    (tmp_path / "f").write_bytes(data)  # just written: in the page cache
+    fd = os.open(tmp_path / "f", os.O_RDONLY)
+    try:
+        got = _read_cached(fd, 1000, 5)
+        if got is None:
+            pytest.skip("no RWF_NOWAIT reads here")
+        assert got == data[5:1005]
+        assert _read_cached(fd, 2000, 99_000) is None  # short: the file is shorter
+    finally:
+        os.close(fd)
