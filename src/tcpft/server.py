@@ -25,6 +25,7 @@ from .audit import Audit
 from .auth import LoginGuard, User, UserStore
 from .config import ServerConfig
 from .errors import (
+    ConnectionBroken,
     ErrorCode,
     FileChanged,
     ProtocolError,
@@ -63,17 +64,17 @@ from .messages import (
 from .names import printable
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role
+from .receiver import Receiver, ReceiverProtocol
 from .storage import ReadHandle, ServedDirectory, UploadHandle
 
 log = logging.getLogger("tcpft.server")
 
 SOFTWARE = f"tcpft/{__version__}"
-_READ_SIZE = MAX_DATA_PAYLOAD + 64
+_READ_SIZE = 64 * 1024  # bytes taken per read outside the DATA fast path, after login
 _READ_BLOCK = 512 * 1024  # file bytes read (and hashed) per step of a download
 _SMALL_FILE = 256 * 1024  # up to this, a download is sent in one write (see _send_small)
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _PRELOGIN_READ = MAX_PRELOGIN_PAYLOAD + FRAME_HEADER_SIZE
-_STREAM_LIMIT = 64 * 1024  # asyncio pauses reading at twice this: bounds memory per peer
 _CLOSE_TIMEOUT = 2.0
 
 
@@ -140,8 +141,9 @@ class Server:
         Raises:
             OSError: the address cannot be bound.
         """
-        self._server = await asyncio.start_server(
-            self._accept, self.config.host, self.config.port, limit=_STREAM_LIMIT
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ReceiverProtocol(self._accept), self.config.host, self.config.port
         )
 
     @property
@@ -202,7 +204,7 @@ class Server:
 
     # --- connections ---------------------------------------------------------------
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, receiver: Receiver, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         addr = str(peer[0]) if peer else "?"
         cfg = self.config
@@ -217,7 +219,7 @@ class Server:
             return
         task = asyncio.current_task()
         assert task is not None
-        session = _Session(self, reader, writer, addr)
+        session = _Session(self, receiver, writer, addr)
         self._sessions[task] = session
         self._per_address[addr] += 1
         self._unauthenticated += 1
@@ -250,13 +252,15 @@ class _Session:
     def __init__(
         self,
         server: Server,
-        reader: asyncio.StreamReader,
+        receiver: Receiver,
         writer: asyncio.StreamWriter,
         addr: str,
     ) -> None:
         self.server = server
         self.cfg = server.config
-        self.reader = reader
+        self.receiver = receiver
+        self._buf = bytearray(_PRELOGIN_READ)  # for reads outside the DATA fast path
+        self._header = bytearray(FRAME_HEADER_SIZE)
         self.writer = writer
         self.addr = addr
         self.conn = Connection(Role.SERVER)
@@ -283,13 +287,9 @@ class _Session:
         while True:
             event = self.conn.next_event()
             if event is NEED_DATA:
-                size = _READ_SIZE if self.logged_in else _PRELOGIN_READ
-                try:
-                    async with asyncio.timeout(timeout):
-                        data = await self.reader.read(size)
-                except TimeoutError:
-                    raise TimeoutExpired("no data from the client in time") from None
-                self.conn.receive_data(data)
+                view = memoryview(self._buf)
+                n = await self._read_into(view, timeout, exact=False)
+                self.conn.receive_data(view[:n])  # nothing: the client closed
                 continue
             if event is CLOSED:
                 raise _PeerClosed
@@ -297,6 +297,37 @@ class _Session:
             if isinstance(event, Error):
                 raise error_from_wire(event.code, event.text)
             return event
+
+    async def _read_into(self, view: memoryview, timeout: float | None, *, exact: bool) -> int:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self.receiver.read_into(view, exact=exact)
+        except TimeoutError:
+            raise TimeoutExpired("no data from the client in time") from None
+
+    async def _next_payload(self, buffers: list[bytearray]) -> memoryview | Message:
+        """The next frame of an upload: a DATA payload, or any other message.
+
+        Fast path for bulk data: with nothing buffered in the core, the frame header
+        is read here and a DATA payload straight into ``buffers[0]`` (grown as needed);
+        the caller rotates the buffers so that it does not overwrite one being written.
+        """
+        if not self.conn.buffered:
+            header, timeout = self._header, self.cfg.stall_timeout
+            got = await self._read_into(memoryview(header), timeout, exact=True)
+            if got < FRAME_HEADER_SIZE:
+                self.conn.receive_data(header[:got])
+                self.conn.receive_data(b"")  # the client closed: _next says how badly
+            else:
+                length = self.conn.receive_data_header(header)
+                if length is not None:
+                    if len(buffers[0]) < length:
+                        buffers[0] = bytearray(length)
+                    view = memoryview(buffers[0])[:length]
+                    if await self._read_into(view, timeout, exact=True) < length:
+                        raise ConnectionBroken("connection closed in the middle of a DATA frame")
+                    return view
+        return await self._next(self.cfg.stall_timeout)
 
     async def _fatal(self, code: ErrorCode, text: str) -> None:
         """Tell the client why we close, if the connection still takes it."""
@@ -312,7 +343,9 @@ class _Session:
             try:
                 async with asyncio.timeout(self.cfg.login_timeout):
                     if self.server.ssl_context is not None:
+                        self.receiver.attach(None)  # the TCP transport is TLS's now
                         await self.writer.start_tls(self.server.ssl_context)
+                        self.receiver.attach(self.writer.transport)
                     if not await self._login():
                         return
             except TimeoutError:
@@ -320,6 +353,7 @@ class _Session:
                 await self._fatal(ErrorCode.LOGIN_TIMEOUT, "login took too long")
                 return
             self.server._logged_in(self)
+            self._buf = bytearray(_READ_SIZE)
             await self._send_listing(ListRequest())
             await self._requests()
         except _PeerClosed:
@@ -682,23 +716,29 @@ class _Session:
         upload.truncate(offset)
         await self._send(PutReady(offset, digest))
         failed: TcpftError | None = None
-        # One chunk is written and hashed in a worker while the next one arrives.
+        # One chunk is written and hashed in a worker while the next one arrives
+        # into the other buffer.
         pending: asyncio.Future[None] | None = None
+        buffers = [bytearray(), bytearray()]
         try:
             while True:
-                msg = await self._next(self.cfg.stall_timeout)
+                item = await self._next_payload(buffers)
                 if failed is None:
                     failed, pending = await _settled(pending), None
                     if failed is not None:
                         upload.abort(keep=False)
                         await self._send(Error.of(failed.code, str(failed)))
-                if isinstance(msg, Data):
+                if isinstance(item, Data):
+                    item = memoryview(item.data)
+                if isinstance(item, memoryview):
+                    buffers.reverse()  # the one just filled is being written now
                     if failed is None:
                         pending = asyncio.ensure_future(
-                            asyncio.to_thread(_write_chunk, upload, msg.data, hasher)
+                            asyncio.to_thread(_write_chunk, upload, item, hasher)
                         )
-                        rec.bytes += len(msg.data)
+                        rec.bytes += len(item)
                     continue
+                msg = item
                 break
         finally:
             if pending is not None and not pending.done():
@@ -767,6 +807,6 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _write_chunk(upload: UploadHandle, data: bytes, hasher: Any) -> None:
+def _write_chunk(upload: UploadHandle, data: memoryview, hasher: Any) -> None:
     upload.write(data)
     hasher.update(data)

@@ -4,6 +4,8 @@ that changes while it is being sent."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import os
 import socket
 import stat
@@ -17,7 +19,9 @@ import pytest
 from tcpft.client import Session
 from tcpft.errors import ErrorCode, FileChanged, IntegrityError
 from tcpft.messages import (
+    Ack,
     Data,
+    Done,
     Error,
     FileHeader,
     Get,
@@ -324,6 +328,47 @@ def test_file_changing_during_download_is_detected(
         assert not target.exists()
         assert not target.with_name("moving.bin.tcpft-part").exists()
         assert s.download("hello.txt", env.client).size == 13  # the session goes on
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("pause", [0.0, 0.02])
+def test_upload_frames_cut_anywhere_arrive_intact(
+    start_server: StartServer, env: Env, pause: float
+) -> None:
+    """DATA headers and payloads cut at odd places, and several frames in one send:
+    the server's fast path for DATA must reassemble them exactly."""
+    srv = start_server()
+    content = os.urandom(300_000)
+    pieces = [content[:1], content[1:70_000], content[70_000:]]
+    wire = b"".join(frame(Data(p)) for p in pieces) + frame(Done(hashlib.sha256(content).digest()))
+    cuts = [0, 2, 5, 6, 7, 1000, 70_004, 70_009, 70_011, len(wire) - 3, len(wire)]
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Put("cut.bin", len(content), 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        for a, b in itertools.pairwise(cuts):
+            conn.send(wire[a:b])
+            time.sleep(pause)
+        ack = conn.read_message()
+        assert isinstance(ack, Ack) and ack.ok, ack
+    assert (env.root / "cut.bin").read_bytes() == content
+
+
+@pytest.mark.timeout(30)
+def test_upload_cut_inside_a_data_payload_keeps_only_whole_frames(
+    start_server: StartServer, env: Env
+) -> None:
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Put("half.bin", 1000, 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        conn.send(frame(Data(b"a" * 100)) + frame(Data(b"b" * 400))[:205])
+        time.sleep(0.2)
+    partial = env.root / ".half.bin.tcpft-part"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and partial.exists() and partial.stat().st_size != 100:
+        time.sleep(0.05)
+    assert partial.read_bytes() == b"a" * 100  # kept for a resume, without the cut frame
+    assert not (env.root / "half.bin").exists()
 
 
 @pytest.mark.timeout(30)
