@@ -61,6 +61,7 @@ from .errors import (
 )
 from .messages import Entry
 from .names import PARTIAL_SUFFIX, printable, split_path
+from .native import SERVER_MALLOC_ARENAS, limit_malloc_arenas
 from .progress import (
     BarReporter,
     JsonReporter,
@@ -415,6 +416,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             cert, key_file = ensure_server_certificate(config.state_dir)
         ctx = server_context(cert, key_file)
         _err(f"fingerprint: {certificate_fingerprint(cert)}")
+    if "MALLOC_ARENA_MAX" not in os.environ:  # the user's own setting wins
+        limit_malloc_arenas(SERVER_MALLOC_ARENAS)
     asyncio.run(_serve(Server(config, users, ctx)))
     return 0
 

@@ -70,9 +70,10 @@ from .messages import (
     Welcome,
 )
 from .names import PARTIAL_SUFFIX, local_target, printable, split_path
+from .native import preallocate, release_preallocation
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role, State
-from .sink import InlineSink, Sink, ThreadSink, preallocate, release_preallocation
+from .sink import InlineSink, Sink, ThreadSink
 from .tls import KnownHosts, TrustNew, open_client_tls, parse_fingerprint
 
 SOFTWARE = f"tcpft/{__version__}"

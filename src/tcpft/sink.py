@@ -9,52 +9,12 @@ does the same work at once, for small files where a thread costs more than it sa
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import queue
-import sys
 import threading
 from typing import Any
 
 from .limits import MAX_DATA_PAYLOAD
-
-_FALLOC_FL_KEEP_SIZE = 1
-
-
-def _load_fallocate() -> Any:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        func = ctypes.CDLL(None, use_errno=True).fallocate64
-    except (OSError, AttributeError):
-        return None
-    func.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-    func.restype = ctypes.c_int
-    return func
-
-
-_fallocate = _load_fallocate()
-
-
-def preallocate(fd: int, offset: int, length: int) -> None:
-    """Reserve the disk blocks of ``length`` bytes at ``offset``, leaving the size alone.
-
-    Writing into reserved blocks spares the file system an allocation per write
-    (measured on ext4: a 1 GiB download's writes cost half the CPU and no longer
-    block). The file keeps its size, so a partial file still says how much was
-    received; :func:`release_preallocation` gives back what a cut transfer did not
-    use. Best effort: does nothing where Linux's ``fallocate`` is missing or refuses.
-    """
-    if _fallocate is not None and length > 0:
-        _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length)
-
-
-def release_preallocation(fd: int) -> None:
-    """Free blocks reserved past the end of the file (a truncate to its own size)."""
-    if _fallocate is not None:
-        with contextlib.suppress(OSError):
-            os.ftruncate(fd, os.fstat(fd).st_size)
 
 
 def _write_all(fd: int, view: memoryview) -> None:

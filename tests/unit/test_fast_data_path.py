@@ -20,9 +20,10 @@ from tcpft.messages import (
     LoginOk,
     Welcome,
 )
+from tcpft.native import limit_malloc_arenas, preallocate, release_preallocation
 from tcpft.protocol import NEED_DATA, Connection, Role, State
 from tcpft.server import _read_cached
-from tcpft.sink import InlineSink, ThreadSink, preallocate, release_preallocation
+from tcpft.sink import InlineSink, ThreadSink
 
 
 def _downloading(size: int = 10) -> tuple[Connection, Connection]:
@@ -157,3 +158,11 @@ def test_cached_read_gives_the_bytes_or_none(tmp_path: Path) -> None:
         assert _read_cached(fd, 2000, 99_000) is None  # short: the file is shorter
     finally:
         os.close(fd)
+
+
+def test_malloc_arenas_can_be_limited_on_glibc() -> None:
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert limit_malloc_arenas(16) is True  # no fewer than glibc allows 2 cores by default

@@ -1,0 +1,70 @@
+"""The few C library calls the standard library lacks, each best effort.
+
+Linux's ``fallocate`` with ``FALLOC_FL_KEEP_SIZE`` (``os.posix_fallocate`` would change
+the file size) and glibc's ``mallopt``. Elsewhere, or when the call is missing or
+refused, the functions do nothing: they only make things cheaper.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import sys
+from typing import Any
+
+
+def _libc_function(name: str, argtypes: list[Any]) -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        func = getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = argtypes
+    func.restype = ctypes.c_int
+    return func
+
+
+_FALLOC_FL_KEEP_SIZE = 1
+_fallocate = _libc_function(
+    "fallocate64", [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+)
+_M_ARENA_MAX = -8
+
+#: Malloc heaps for ``tcpft serve`` (see :func:`limit_malloc_arenas`).
+SERVER_MALLOC_ARENAS = 2
+_mallopt = _libc_function("mallopt", [ctypes.c_int, ctypes.c_int])
+
+
+def preallocate(fd: int, offset: int, length: int) -> None:
+    """Reserve the disk blocks of ``length`` bytes at ``offset``, leaving the size alone.
+
+    Writing into reserved blocks spares the file system an allocation per write
+    (measured on ext4: a 1 GiB download's writes cost half the CPU and no longer
+    block). The file keeps its size, so a partial file still says how much was
+    received; :func:`release_preallocation` gives back what a cut transfer did not
+    use. Best effort: does nothing where Linux's ``fallocate`` is missing or refuses.
+    """
+    if _fallocate is not None and length > 0:
+        _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length)
+
+
+def release_preallocation(fd: int) -> None:
+    """Free blocks reserved past the end of the file (a truncate to its own size)."""
+    if _fallocate is not None:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, os.fstat(fd).st_size)
+
+
+def limit_malloc_arenas(arenas: int) -> bool:
+    """Let this process's threads share at most ``arenas`` glibc malloc heaps.
+
+    By default glibc gives each thread that allocates under contention a heap of its
+    own (up to 8 per core), and freed buffers stay cached in each. A server whose
+    worker threads read and write file chunks then holds far more memory than it
+    uses: measured with 50 concurrent TLS uploads, a peak of 229 MB, 149 MB with 2
+    arenas, at the same speed. Call it early, before threads start; returns whether
+    the C library took it.
+    """
+    return _mallopt is not None and _mallopt(_M_ARENA_MAX, arenas) == 1
