@@ -680,8 +680,7 @@ class _Session:
             )
             return
         try:
-            upload = await asyncio.to_thread(
-                server.storage.open_upload,
+            upload = server.storage.open_upload(
                 req.path,
                 req.size,
                 req.mtime_ns,
@@ -732,7 +731,15 @@ class _Session:
                     item = memoryview(item.data)
                 if isinstance(item, memoryview):
                     buffers.reverse()  # the one just filled is being written now
-                    if failed is None:
+                    if failed is None and req.size <= _SMALL_FILE:
+                        try:  # a small file: sooner written than handed to a thread
+                            _write_chunk(upload, item, hasher)
+                        except TcpftError as exc:
+                            failed = exc
+                            upload.abort(keep=False)
+                            await self._send(Error.of(failed.code, str(failed)))
+                        rec.bytes += len(item)
+                    elif failed is None:
                         pending = asyncio.ensure_future(
                             asyncio.to_thread(_write_chunk, upload, item, hasher)
                         )

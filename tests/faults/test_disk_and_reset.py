@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import subprocess
 import threading
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 
 from tcpft.client import Session, TransferResult
-from tcpft.errors import ConnectError, LocalFileError, NoSpace
+from tcpft.errors import ConnectError, ErrorCode, LocalFileError, NoSpace
+from tcpft.messages import Data, Done, Put, PutReady
 
-from ..adversarial.rawclient import reset_socket
-from ..conftest import Env, ServerThread
+from ..adversarial.rawclient import expect_error, frame, logged_in, reset_socket
+from ..conftest import ALICE, Env, ServerThread
 
 StartServer = Callable[..., ServerThread]
 
@@ -121,6 +123,27 @@ def test_server_disk_fills_during_an_upload(
         assert (root / "fast.bin").read_bytes() == fast.read_bytes()
         assert not (root / "slow.bin").exists()
         assert not list(root.glob(".slow.bin*")), "the failed partial should be removed"
+        _wait_no_sessions(srv)
+
+
+@pytest.mark.timeout(60)
+def test_small_upload_meets_a_full_disk(start_server: StartServer, env: Env) -> None:
+    """A small file is written without a worker thread: ENOSPC there is reported too."""
+    with tiny_tmpfs(env.root.parent / "served-small", "1m") as root:
+        srv = start_server(root=root, upload_reserve=0)
+        content = os.urandom(200 * 1024)
+        with logged_in(srv.port, ALICE) as conn:
+            conn.send(frame(Put("small.bin", len(content), 0)))
+            assert isinstance(conn.read_message(), PutReady)
+            fd = os.open(root / "filler", os.O_WRONLY | os.O_CREAT)
+            with contextlib.suppress(OSError):  # the free-space check is passed: now fill
+                while True:
+                    os.write(fd, bytes(64 * 1024))
+            os.close(fd)
+            conn.send(frame(Data(content)) + frame(Done(hashlib.sha256(content).digest())))
+            expect_error(conn, ErrorCode.NO_SPACE)
+        assert not (root / "small.bin").exists()
+        assert not list(root.glob(".small.bin*")), "the failed partial should be removed"
         _wait_no_sessions(srv)
 
 
