@@ -639,8 +639,7 @@ class _Session:
         view, step = memoryview(block), self.cfg.chunk_size
         for i in range(0, len(block), step):
             frame = view[i : i + step]
-            self.writer.write(self.conn.send_data_header(len(frame)))
-            self.writer.write(frame)
+            self.writer.writelines((self.conn.send_data_header(len(frame)), frame))
             await self._drain()
             if self.pacer is not None:
                 await asyncio.sleep(self.pacer.delay(len(frame)))
