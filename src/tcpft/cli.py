@@ -262,10 +262,11 @@ def _glob(s: Session, pattern: str) -> list[str]:
 
 def _cmd_get(args: argparse.Namespace) -> int:
     many = len(args.names) > 1 or args.recursive or any(_GLOB_CHARS & set(n) for n in args.names)
-    dest = Path(args.output) if args.output else (Path(".") if many else None)
+    # A string, not a Path: "-o downloads/" keeps the slash that makes it a folder.
+    dest: str | None = args.output or ("." if many else None)
     if many and dest is not None:
         try:
-            dest.mkdir(parents=True, exist_ok=True)
+            Path(dest).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise LocalFileError(f"cannot create {dest}: {exc.strerror}") from None
     opts = {"force": args.force, "resume": args.resume}

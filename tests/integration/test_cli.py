@@ -134,6 +134,17 @@ def test_get_file_is_byte_identical(server: ServerThread, env: Env) -> None:
     assert not list(env.client.glob("*.tcpft-part"))
 
 
+def test_get_output_is_a_file_or_with_a_trailing_slash_a_folder(
+    server: ServerThread, env: Env
+) -> None:
+    r = tcpft(env, "get", addr(server), "hello.txt", "-o", "downloads/")
+    assert r.returncode == 0, r.stderr
+    assert (env.client / "downloads" / "hello.txt").read_text() == "hello, world\n"
+    r = tcpft(env, "get", addr(server), "hello.txt", "-o", "renamed.txt")
+    assert r.returncode == 0, r.stderr
+    assert (env.client / "renamed.txt").read_text() == "hello, world\n"
+
+
 def test_get_bad_name_exits_6(server: ServerThread, env: Env) -> None:
     r = tcpft(env, "get", addr(server), "no-such-file")
     assert r.returncode == 6
