@@ -371,6 +371,7 @@ class Session:
                 self._send(Ack(False))
                 raise IntegrityError(f"SHA-256 of {printable(remote)} does not match; discarded")
             with _local(target):
+                os.fchmod(fd, 0o666 & ~_umask())  # private while partial, then as usual
                 os.utime(fd, ns=(reply.mtime_ns, reply.mtime_ns))
                 _publish(partial, target, force=force)
             keep = None  # published: nothing left to keep or remove
@@ -698,6 +699,18 @@ class Session:
 def _spoils_partial(code: int) -> bool:
     """Whether an ERROR during a download means the bytes received so far are no good."""
     return code in (ErrorCode.FILE_CHANGED, ErrorCode.DIGEST_MISMATCH)
+
+
+def _umask() -> int:
+    """This process's umask, read without changing it (Linux); else the usual 022."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
 
 
 def _publish(partial: Path, target: Path, *, force: bool) -> None:

@@ -155,6 +155,17 @@ def test_sizes_around_the_one_write_path(
             assert result.sha256 == _sha(env.root / "s.bin")
 
 
+def test_downloaded_file_gets_the_usual_mode(env: Env, server: ServerThread, login: Login) -> None:
+    """The partial file is private (0600); the finished file follows the umask, as cp's."""
+    umask = os.umask(0o027)
+    try:
+        with login(server) as s:
+            s.download("hello.txt", env.client)
+    finally:
+        os.umask(umask)
+    assert (env.client / "hello.txt").stat().st_mode & 0o777 == 0o640
+
+
 def test_resume_with_a_small_rest(env: Env, server: ServerThread, login: Login) -> None:
     _write_random(env.root / "r.bin", 4 * 1024 * 1024 + 1000)
     content = (env.root / "r.bin").read_bytes()
