@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import os
 import secrets
 import string
@@ -52,6 +53,7 @@ __all__ = [
     "UserStore",
     "create_default",
     "hash_password",
+    "prepare",
     "validate_password",
     "validate_username",
 ]
@@ -78,8 +80,20 @@ _HASHER = argon2.PasswordHasher(
     type=argon2.Type.ID,
 )
 
-#: Verified against when the user is unknown, so that costs as much as a wrong password.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(32))
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user is unknown, so that costs as much as a wrong password.
+
+    Made on first use, not at import: hashing takes 19 MiB and tens of milliseconds.
+    """
+    return _HASHER.hash(secrets.token_urlsafe(32))
+
+
+def prepare() -> None:
+    """Make the hash verified for unknown users now (a server calls this as it starts),
+    so that the first login of an unknown user takes no longer than the next ones."""
+    _dummy_hash()
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,7 +262,7 @@ class UserStore:
             return None
         user = self._users.get(name)
         try:
-            self._hasher.verify(_DUMMY_HASH if user is None else user.password_hash, secret)
+            self._hasher.verify(_dummy_hash() if user is None else user.password_hash, secret)
         except (VerifyMismatchError, InvalidHashError, VerificationError):
             return None
         return user

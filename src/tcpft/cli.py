@@ -45,11 +45,11 @@ import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
 from . import __version__
-from .auth import UserStore, create_default
 from .client import Progress, Session, connect, known_hosts_path
 from .config import DEFAULT_PORT, ServerConfig, default_state_dir, load_config, parse_size
 from .errors import (
@@ -61,7 +61,6 @@ from .errors import (
 )
 from .messages import Entry
 from .names import PARTIAL_SUFFIX, printable, split_path
-from .native import SERVER_MALLOC_ARENAS, limit_malloc_arenas
 from .progress import (
     BarReporter,
     JsonReporter,
@@ -72,8 +71,10 @@ from .progress import (
     listing_line,
     listing_table,
 )
-from .server import Server
 from .tls import TrustNew, certificate_fingerprint, ensure_server_certificate, server_context
+
+if TYPE_CHECKING:  # the server side is imported by the commands that need it
+    from .server import Server
 
 __all__ = ["main"]
 
@@ -389,6 +390,10 @@ def _toml_value(value: object) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from .auth import UserStore, create_default
+    from .native import SERVER_MALLOC_ARENAS, limit_malloc_arenas
+    from .server import Server
+
     config = _server_config(args)
     if args.print_config:
         for key, value in config.as_dict().items():
@@ -468,6 +473,8 @@ def _new_password(name: str) -> str:
 
 
 def _cmd_user(args: argparse.Namespace) -> int:
+    from .auth import UserStore
+
     state = Path(args.state_dir) if args.state_dir else default_state_dir()
     path = Path(args.users) if args.users else state / "users"
     if args.action == "list":

@@ -23,6 +23,7 @@ from typing import Any
 from . import __version__
 from .audit import Audit
 from .auth import LoginGuard, User, UserStore
+from .auth import prepare as prepare_logins
 from .config import ServerConfig
 from .errors import (
     ConnectionBroken,
@@ -141,6 +142,7 @@ class Server:
         Raises:
             OSError: the address cannot be bound.
         """
+        await asyncio.to_thread(prepare_logins)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ReceiverProtocol(self._accept), self.config.host, self.config.port

@@ -36,11 +36,7 @@ import socket
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from .errors import (
     ConnectError,
@@ -49,6 +45,9 @@ from .errors import (
     TLSVerifyError,
     UsageError,
 )
+
+if TYPE_CHECKING:  # cryptography is imported where certificates are made: a client never is
+    from cryptography import x509
 
 __all__ = [
     "CIPHERS",
@@ -92,6 +91,8 @@ def _atomic_write(path: Path, data: bytes, mode: int) -> None:
 
 
 def _hostname_san() -> list[x509.GeneralName]:
+    from cryptography import x509
+
     name = socket.gethostname().lower().rstrip(".")
     if name == "localhost" or len(name) > 253 or not _DNS_NAME.fullmatch(name):
         return []
@@ -110,6 +111,11 @@ def ensure_server_certificate(state_dir: Path) -> tuple[Path, Path]:
     cert_path, key_path = state_dir / CERT_NAME, state_dir / KEY_NAME
     if cert_path.is_file() and key_path.is_file():
         return cert_path, key_path
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tcpft server")])
     now = datetime.datetime.now(datetime.UTC)
@@ -161,6 +167,9 @@ def certificate_fingerprint(cert_path: Path) -> str:
     Raises:
         UsageError: the file cannot be read or holds no PEM certificate.
     """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
     except (OSError, ValueError) as exc:

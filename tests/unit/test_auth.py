@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import stat
 from pathlib import Path
 from typing import Literal
@@ -122,7 +123,7 @@ def test_stored_hash_is_argon2id_with_owasp_parameters() -> None:
 
 
 def test_dummy_hash_has_the_same_parameters_as_real_ones(alice_hash: str) -> None:
-    assert argon2.extract_parameters(auth._DUMMY_HASH) == argon2.extract_parameters(alice_hash)
+    assert argon2.extract_parameters(auth._dummy_hash()) == argon2.extract_parameters(alice_hash)
 
 
 def test_load_skips_blank_and_comment_lines(tmp_path: Path, alice_hash: str) -> None:
@@ -468,3 +469,19 @@ def test_all_is_complete() -> None:
     constants = {name for name in vars(auth) if name.startswith("ARGON2_")} | {"DEFAULT_USER"}
     assert set(auth.__all__) == defined | constants
     assert all(hasattr(auth, name) for name in auth.__all__)
+
+
+def test_a_starting_server_makes_the_unknown_user_hash(tmp_path: Path) -> None:
+    """Made as the server starts, not at the first unknown login (which would then take
+    longer than the next ones), nor at import (where a client would pay for it)."""
+    from tcpft.config import ServerConfig
+    from tcpft.server import Server
+
+    auth._dummy_hash.cache_clear()
+    config = ServerConfig(root=tmp_path, host="127.0.0.1", port=0, plaintext=True)
+
+    async def start() -> int:
+        async with Server(config, UserStore(), None):
+            return auth._dummy_hash.cache_info().currsize
+
+    assert asyncio.run(start()) == 1
