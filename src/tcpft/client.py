@@ -213,6 +213,8 @@ class Session:
         self._pacer = Pacer(limit_rate) if limit_rate else None
         self._view = memoryview(bytearray(_RECV_SIZE))
         self._header = bytearray(FRAME_HEADER_SIZE)
+        self._small = bytearray(MAX_DATA_PAYLOAD)  # InlineSink's, reused for every file
+        self._file_mode = 0o666 & ~_umask()  # of downloaded files, as cp makes them
         self._closed = False
 
     # --- wire helpers --------------------------------------------------------------
@@ -353,7 +355,7 @@ class Session:
             big = reply.size - reply.offset >= _THREADED_SINK_MIN
             if big:
                 preallocate(fd, reply.offset, reply.size - reply.offset)
-            sink: Sink = ThreadSink(fd, hasher) if big else InlineSink(fd, hasher)
+            sink: Sink = ThreadSink(fd, hasher) if big else InlineSink(fd, hasher, self._small)
             try:
                 pos = self._receive_file(sink, partial, reply, progress)
                 with _local(partial):
@@ -371,7 +373,7 @@ class Session:
                 self._send(Ack(False))
                 raise IntegrityError(f"SHA-256 of {printable(remote)} does not match; discarded")
             with _local(target):
-                os.fchmod(fd, 0o666 & ~_umask())  # private while partial, then as usual
+                os.fchmod(fd, self._file_mode)  # private while partial, then as usual
                 os.utime(fd, ns=(reply.mtime_ns, reply.mtime_ns))
                 _publish(partial, target, force=force)
             keep = None  # published: nothing left to keep or remove

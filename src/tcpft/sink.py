@@ -25,10 +25,10 @@ def _write_all(fd: int, view: memoryview) -> None:
 class InlineSink:
     """Writes and hashes each chunk as it is submitted."""
 
-    def __init__(self, fd: int, hasher: Any) -> None:
+    def __init__(self, fd: int, hasher: Any, buf: bytearray | None = None) -> None:
         self.fd = fd
         self.hasher = hasher
-        self._buf = bytearray(MAX_DATA_PAYLOAD)
+        self._buf = buf if buf is not None else bytearray(MAX_DATA_PAYLOAD)
 
     def buffer(self) -> bytearray:
         """A buffer to receive the next payload into (valid until :meth:`submit`)."""
