@@ -123,6 +123,17 @@ class Receiver:
         else:
             self._extra += self._spill[:nbytes]
 
+    def data_received(self, data: bytes) -> None:
+        """Take bytes a transport delivers by copy (event loops that do not call
+        :meth:`get_buffer`, such as uvloop): the same path, one copy more."""
+        view = memoryview(data)
+        while view:
+            buf = self.get_buffer()
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            self.buffer_updated(n)
+            view = view[n:]
+
     def eof(self) -> None:
         self._eof = True
         self._wake()
@@ -164,8 +175,8 @@ class ReceiverProtocol(asyncio.StreamReaderProtocol, asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         self.receiver.buffer_updated(nbytes)
 
-    def data_received(self, data: bytes) -> None:  # not called for a BufferedProtocol
-        raise RuntimeError("ReceiverProtocol receives through get_buffer()")
+    def data_received(self, data: bytes) -> None:
+        self.receiver.data_received(data)
 
     def eof_received(self) -> bool:
         self.receiver.eof()

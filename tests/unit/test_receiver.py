@@ -155,3 +155,28 @@ def test_a_read_that_is_not_exact_returns_what_is_there(tmp_path: Path) -> None:
         return bytes(buf[:n])
 
     assert _serve_one(tmp_path, False, body, send) == b"hello"
+
+
+def test_bytes_delivered_by_copy_take_the_same_path() -> None:
+    """Event loops that call data_received (uvloop) instead of get_buffer."""
+    data = os.urandom(100_000)
+
+    async def main() -> tuple[bytes, bytes, int]:
+        receiver = Receiver()
+        receiver.attach(None)
+        receiver.data_received(data[:10])  # no read waiting: kept aside
+        first = bytearray(50_000)
+        read = asyncio.ensure_future(receiver.read_into(memoryview(first), exact=True))
+        await asyncio.sleep(0)
+        receiver.data_received(data[10:70_000])  # completes the read; the rest kept aside
+        assert await read == 50_000
+        rest = bytearray(50_000)
+        n = await receiver.read_into(memoryview(rest))
+        receiver.eof()
+        after = await receiver.read_into(memoryview(rest))
+        return bytes(first), bytes(rest[:n]), after
+
+    first, rest, after = asyncio.run(main())
+    assert first == data[:50_000]
+    assert rest == data[50_000:70_000]
+    assert after == 0  # closed, nothing left
