@@ -732,15 +732,10 @@ class _Session:
                     item = memoryview(item.data)
                 if isinstance(item, memoryview):
                     buffers.reverse()  # the one just filled is being written now
-                    if failed is None and req.size <= _SMALL_FILE:
-                        try:  # a small file: sooner written than handed to a thread
-                            _write_chunk(upload, item, hasher)
-                        except TcpftError as exc:
-                            failed = exc
-                            upload.abort(keep=False)
-                            await self._send(Error.of(failed.code, str(failed)))
-                        rec.bytes += len(item)
-                    elif failed is None:
+                    # Written in a worker even when small: a write into the page cache
+                    # can be held for up to 200 ms while the kernel throttles writers,
+                    # which on the loop would stall every client.
+                    if failed is None:
                         pending = asyncio.ensure_future(
                             asyncio.to_thread(_write_chunk, upload, item, hasher)
                         )

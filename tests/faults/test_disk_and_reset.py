@@ -128,7 +128,7 @@ def test_server_disk_fills_during_an_upload(
 
 @pytest.mark.timeout(60)
 def test_small_upload_meets_a_full_disk(start_server: StartServer, env: Env) -> None:
-    """A small file is written without a worker thread: ENOSPC there is reported too."""
+    """The disk fills between PUT_READY and the only DATA frame: NO_SPACE, no file left."""
     with tiny_tmpfs(env.root.parent / "served-small", "1m") as root:
         srv = start_server(root=root, upload_reserve=0)
         content = os.urandom(200 * 1024)
