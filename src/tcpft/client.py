@@ -704,7 +704,8 @@ def _spoils_partial(code: int) -> bool:
 
 
 def _umask() -> int:
-    """This process's umask, read without changing it (Linux); else the usual 022."""
+    """This process's umask, read without changing it (Linux); where it cannot be read,
+    077, which keeps downloaded files private (0600) rather than guess wider."""
     try:
         with open("/proc/self/status", encoding="ascii") as fh:
             for line in fh:
@@ -712,7 +713,7 @@ def _umask() -> int:
                     return int(line.split()[1], 8)
     except (OSError, ValueError, IndexError):
         pass
-    return 0o022
+    return 0o077
 
 
 def _publish(partial: Path, target: Path, *, force: bool) -> None:
