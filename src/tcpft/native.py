@@ -41,10 +41,11 @@ def preallocate(fd: int, offset: int, length: int) -> None:
     """Reserve the disk blocks of ``length`` bytes at ``offset``, leaving the size alone.
 
     Writing into reserved blocks spares the file system an allocation per write
-    (measured on ext4: a 1 GiB download's writes cost half the CPU and no longer
-    block). The file keeps its size, so a partial file still says how much was
-    received; :func:`release_preallocation` gives back what a cut transfer did not
-    use. Best effort: does nothing where Linux's ``fallocate`` is missing or refuses.
+    (measured on ext4, 1 GiB in 256 KiB writes: 0.20-0.29 s of CPU instead of
+    0.30-0.34, and no waiting, where it took 0.6-0.8 s of wall time before). The
+    file keeps its size, so a partial file still says how much was received;
+    :func:`release_preallocation` gives back what a cut transfer did not use.
+    Best effort: does nothing where Linux's ``fallocate`` is missing or refuses.
     """
     if _fallocate is not None and length > 0:
         _fallocate(fd, _FALLOC_FL_KEEP_SIZE, offset, length)
