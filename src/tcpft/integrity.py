@@ -9,16 +9,23 @@ an unchanged file without reading its prefix again.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .limits import RESUME_BLOCK_SIZE
 
-#: (st_dev, st_ino, st_size, st_mtime_ns): a file's content is assumed unchanged
-#: while all four stay the same.
-Identity = tuple[int, int, int, int]
+#: (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns): a file's content is assumed
+#: unchanged while all five stay the same (the ctime changes on every write and cannot
+#: be set back, unlike the mtime).
+Identity = tuple[int, int, int, int, int]
+
+log = logging.getLogger("tcpft.integrity")
+_SAVED_MAX_BYTES = 256 * 1024 * 1024  # a saved cache larger than this is not read
 
 _READ_SIZE = 1024 * 1024
 
@@ -128,3 +135,78 @@ class HashCache:
 
     def __len__(self) -> int:
         return len(self._items)
+
+    def save(self, path: Path) -> None:
+        """Write the cache to ``path``, atomically (a temporary file, then a rename).
+
+        One JSON object per line: ``{"id": [5 ints], "sha256": hex or null,
+        "blocks": concatenated hex digests or null}``, least recently used first.
+
+        Raises:
+            OSError: the file cannot be written.
+        """
+        with self._lock:
+            items = [(ident, c.sha256, c.blocks) for ident, c in self._items.items()]
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w", encoding="ascii") as fh:
+            for ident, sha, blocks in items:
+                record = {
+                    "id": list(ident),
+                    "sha256": sha.hex() if sha else None,
+                    "blocks": b"".join(blocks).hex() if blocks else None,
+                }
+                fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        os.replace(tmp, path)
+
+    def load(self, path: Path) -> int:
+        """Add the entries saved in ``path`` by :meth:`save`; return how many.
+
+        A missing file loads nothing; malformed lines are skipped, and a file over
+        256 MiB is not read: the cache only saves work, so a damaged one costs nothing
+        but that. Raises nothing.
+        """
+        try:
+            if path.stat().st_size > _SAVED_MAX_BYTES:
+                log.warning("%s is too large; not loaded", path)
+                return 0
+            lines = path.read_text(encoding="ascii").splitlines()
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError) as exc:
+            log.warning("cannot read %s: %s", path, exc)
+            return 0
+        loaded = 0
+        for line in lines:
+            entry = _parse_saved(line)
+            if entry is None:
+                continue
+            ident, sha, blocks = entry
+            if sha is not None:
+                self.put_sha256(ident, sha)
+            if blocks is not None:
+                self.put_blocks(ident, blocks)
+            loaded += 1
+        return loaded
+
+
+def _parse_saved(line: str) -> tuple[Identity, bytes | None, list[bytes] | None] | None:
+    """One line written by :meth:`HashCache.save`, or None if it is not well formed."""
+    try:
+        record = json.loads(line)
+        ident, sha, blocks = record["id"], record["sha256"], record["blocks"]
+        if not (
+            isinstance(ident, list)
+            and len(ident) == 5
+            and all(type(n) is int and n >= 0 for n in ident)
+        ):
+            return None
+        digest = bytes.fromhex(sha) if sha is not None else None
+        raw = bytes.fromhex(blocks) if blocks is not None else None
+    except (ValueError, TypeError, KeyError):  # json.JSONDecodeError is a ValueError
+        return None
+    if digest is not None and len(digest) != 32:
+        return None
+    if raw is not None and (not raw or len(raw) % 32):
+        return None
+    parts = [raw[i : i + 32] for i in range(0, len(raw), 32)] if raw is not None else None
+    return (ident[0], ident[1], ident[2], ident[3], ident[4]), digest, parts

@@ -18,6 +18,7 @@ import os
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -77,6 +78,7 @@ _SMALL_FILE = 256 * 1024  # up to this, a download is sent in one write (see _se
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _PRELOGIN_READ = MAX_PRELOGIN_PAYLOAD + FRAME_HEADER_SIZE
 _CLOSE_TIMEOUT = 2.0
+DIGESTS_NAME = "digests"  # in the state directory: the SHA-256 cache, kept across restarts
 
 
 class _PeerClosed(Exception):
@@ -143,6 +145,7 @@ class Server:
             OSError: the address cannot be bound.
         """
         await asyncio.to_thread(prepare_logins)
+        await asyncio.to_thread(self.hashes.load, self._digests_path)
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ReceiverProtocol(self._accept), self.config.host, self.config.port
@@ -194,8 +197,21 @@ class Server:
             task.cancel()
         if self._sessions:
             await asyncio.wait(set(self._sessions), timeout=_CLOSE_TIMEOUT + 1)
+        await asyncio.to_thread(self._save_digests)
         self.storage.close()
         self.audit.close()
+
+    @property
+    def _digests_path(self) -> Path:
+        """Where the digest cache is kept across restarts (see :meth:`HashCache.save`)."""
+        return self.config.state_dir / DIGESTS_NAME
+
+    def _save_digests(self) -> None:
+        try:
+            self.config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.hashes.save(self._digests_path)
+        except OSError as exc:
+            log.warning("cannot save the digest cache in %s: %s", self.config.state_dir, exc)
 
     async def __aenter__(self) -> Server:
         await self.start()

@@ -92,11 +92,12 @@ class ReadHandle(_Closing):
     mtime_ns: int
     dev: int
     ino: int
+    ctime_ns: int
 
     @property
-    def identity(self) -> tuple[int, int, int, int]:
-        """``(dev, ino, size, mtime_ns)`` as seen when the file was opened."""
-        return (self.dev, self.ino, self.size, self.mtime_ns)
+    def identity(self) -> tuple[int, int, int, int, int]:
+        """``(dev, ino, size, mtime_ns, ctime_ns)`` as seen when the file was opened."""
+        return (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
 
     def changed(self) -> bool:
         """Say whether the size or mtime differ from those seen at opening.
@@ -401,7 +402,7 @@ class ServedDirectory(_Closing):
         except BaseException:
             os.close(fd)
             raise
-        return ReadHandle(fd, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+        return ReadHandle(fd, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_ctime_ns)
 
     def open_upload(
         self,

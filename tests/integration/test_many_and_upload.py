@@ -169,6 +169,28 @@ def test_server_caches_hashes_of_unchanged_files(
     assert first.sha256 == second.sha256 == _sha(env.root / "data.bin")
 
 
+def test_digests_are_kept_across_a_restart(
+    env: Env, start_server: Callable[..., ServerThread], login: Login_
+) -> None:
+    first = start_server()
+    with login(first) as s:
+        s.download("data.bin", env.client / "1")
+    first.stop()
+    assert (env.state / "digests").exists()
+
+    again = start_server()  # same state directory
+
+    def cached() -> bytes | None:
+        with again.server.storage.open_read("data.bin") as handle:
+            return again.server.hashes.sha256(handle.identity)
+
+    assert again.call(cached) == hashlib.sha256((env.root / "data.bin").read_bytes()).digest()
+    os.utime(env.root / "data.bin")  # a new mtime and ctime: the saved digest is not used
+    assert again.call(cached) is None
+    with login(again) as s:
+        assert s.download("data.bin", env.client / "2").sha256 == _sha(env.root / "data.bin")
+
+
 # --- a malicious server ------------------------------------------------------------
 
 

@@ -478,7 +478,9 @@ def test_a_starting_server_makes_the_unknown_user_hash(tmp_path: Path) -> None:
     from tcpft.server import Server
 
     auth._dummy_hash.cache_clear()
-    config = ServerConfig(root=tmp_path, host="127.0.0.1", port=0, plaintext=True)
+    config = ServerConfig(
+        root=tmp_path, host="127.0.0.1", port=0, plaintext=True, state_dir=tmp_path / "state"
+    )
 
     async def start() -> int:
         async with Server(config, UserStore(), None):

@@ -10,7 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from tcpft.integrity import HashCache, PrefixScan, align_down, prefix_digest, scan_prefix
+from tcpft.integrity import (
+    HashCache,
+    Identity,
+    PrefixScan,
+    align_down,
+    prefix_digest,
+    scan_prefix,
+)
 from tcpft.limits import RESUME_BLOCK_SIZE
 
 BS = RESUME_BLOCK_SIZE
@@ -122,9 +129,9 @@ def test_align_down(offset: int, expected: int) -> None:
 
 # --- the hash cache ------------------------------------------------------------------
 
-A: tuple[int, int, int, int] = (1, 1, 10, 100)
-B: tuple[int, int, int, int] = (1, 2, 10, 100)
-C: tuple[int, int, int, int] = (1, 3, 10, 100)
+A: Identity = (1, 1, 10, 100, 7)
+B: Identity = (1, 2, 10, 100, 7)
+C: Identity = (1, 3, 10, 100, 7)
 DA, DB, DC = b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32
 
 
@@ -140,8 +147,9 @@ def test_cache_put_and_get() -> None:
 def test_identity_change_misses() -> None:
     cache = HashCache()
     cache.put_sha256(A, DA)
-    assert cache.sha256((1, 1, 10, 101)) is None  # mtime changed
-    assert cache.sha256((1, 1, 11, 100)) is None  # size changed
+    assert cache.sha256((1, 1, 10, 101, 7)) is None  # mtime changed
+    assert cache.sha256((1, 1, 11, 100, 7)) is None  # size changed
+    assert cache.sha256((1, 1, 10, 100, 8)) is None  # ctime changed: written, mtime set back
 
 
 def test_cache_evicts_least_recently_put() -> None:
@@ -222,7 +230,7 @@ def test_cache_thread_safety_smoke() -> None:
         try:
             start.wait()
             for i in range(2000):
-                ident = (n, i % 100, i, 0)
+                ident = (n, i % 100, i, 0, 0)
                 digest = hashlib.sha256(f"{n}-{i}".encode()).digest()
                 cache.put_sha256(ident, digest)
                 cache.put_blocks(ident, [digest])
@@ -241,3 +249,43 @@ def test_cache_thread_safety_smoke() -> None:
     assert not any(t.is_alive() for t in threads)
     assert errors == []
     assert len(cache) <= 64
+
+
+def test_cache_saved_and_loaded(tmp_path: Path) -> None:
+    cache = HashCache()
+    cache.put_sha256(A, DA)
+    cache.put_blocks(B, [DB, DC])
+    cache.put_sha256(C, DC)
+    cache.put_blocks(C, [DA])
+    cache.save(tmp_path / "digests")
+    again = HashCache()
+    assert again.load(tmp_path / "digests") == 3
+    assert again.sha256(A) == DA and again.blocks(A, 1) is None
+    assert again.sha256(B) is None and again.blocks(B, 2) == [DB, DC]
+    assert again.sha256(C) == DC and again.blocks(C, 1) == [DA]
+    assert not (tmp_path / "digests.tmp").exists()
+
+
+def test_a_damaged_saved_cache_costs_only_its_entries(tmp_path: Path) -> None:
+    good = '{"id":[1,1,10,100,7],"sha256":"' + DA.hex() + '","blocks":null}'
+    bad = [
+        "not json",
+        "[]",
+        '{"id":[1,1,10,100],"sha256":null,"blocks":null}',  # four numbers
+        '{"id":[1,1,10,100,-7],"sha256":null,"blocks":null}',
+        '{"id":[1,1,10,100,true],"sha256":null,"blocks":null}',
+        '{"id":[1,2,10,100,7],"sha256":"abcd","blocks":null}',  # short digest
+        '{"id":[1,2,10,100,7],"sha256":"zz' + "0" * 62 + '","blocks":null}',
+        '{"id":[1,2,10,100,7],"sha256":null,"blocks":"' + "a" * 66 + '"}',  # 33 bytes
+        '{"id":[1,2,10,100,7],"sha256":null,"blocks":""}',
+        '{"id":[1,2,10,100,7]}',
+    ]
+    (tmp_path / "digests").write_text("\n".join([*bad, good]) + "\n")
+    cache = HashCache()
+    assert cache.load(tmp_path / "digests") == 1
+    assert cache.sha256(A) == DA and len(cache) == 1
+    (tmp_path / "binary").write_bytes(os.urandom(4096))
+    assert HashCache().load(tmp_path / "binary") == 0
+    assert HashCache().load(tmp_path / "missing") == 0
+    (tmp_path / "a-directory").mkdir()
+    assert HashCache().load(tmp_path / "a-directory") == 0

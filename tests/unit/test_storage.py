@@ -189,7 +189,7 @@ def test_open_read_good_file(root: Path, served: ServedDirectory) -> None:
         assert handle.size == 11
         assert handle.mtime_ns == MTIME
         st = os.stat(root / "d" / "f.bin")
-        assert handle.identity == (st.st_dev, st.st_ino, 11, MTIME)
+        assert handle.identity == (st.st_dev, st.st_ino, 11, MTIME, st.st_ctime_ns)
         assert os.get_blocking(handle.fd)  # O_NONBLOCK was cleared
         assert _read_all(handle) == b"hello world"
         assert not handle.changed()
