@@ -148,15 +148,20 @@ class HashCache:
         with self._lock:
             items = [(ident, c.sha256, c.blocks) for ident, c in self._items.items()]
         tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", encoding="ascii") as fh:
-            for ident, sha, blocks in items:
-                record = {
-                    "id": list(ident),
-                    "sha256": sha.hex() if sha else None,
-                    "blocks": b"".join(blocks).hex() if blocks else None,
-                }
-                fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-        os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            with open(fd, "w", encoding="ascii") as fh:
+                for ident, sha, blocks in items:
+                    record = {
+                        "id": list(ident),
+                        "sha256": sha.hex() if sha else None,
+                        "blocks": b"".join(blocks).hex() if blocks else None,
+                    }
+                    fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk leaves no half-written file behind
+            raise
 
     def load(self, path: Path) -> int:
         """Add the entries saved in ``path`` by :meth:`save`; return how many.

@@ -264,6 +264,12 @@ def test_cache_saved_and_loaded(tmp_path: Path) -> None:
     assert again.sha256(B) is None and again.blocks(B, 2) == [DB, DC]
     assert again.sha256(C) == DC and again.blocks(C, 1) == [DA]
     assert not (tmp_path / "digests.tmp").exists()
+    assert (tmp_path / "digests").stat().st_mode & 0o777 == 0o600  # as the users file
+    (tmp_path / "blocked").mkdir()
+    (tmp_path / "blocked" / "digests").mkdir()  # the rename cannot replace a directory
+    with pytest.raises(OSError):
+        cache.save(tmp_path / "blocked" / "digests")
+    assert not (tmp_path / "blocked" / "digests.tmp").exists()
 
 
 def test_a_damaged_saved_cache_costs_only_its_entries(tmp_path: Path) -> None:
