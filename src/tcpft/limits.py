@@ -1,6 +1,6 @@
 """Every fixed limit of the wire protocol, by name.
 
-These numbers are part of protocol version 1 (docs/PROTOCOL.md, "Limits"): a peer
+These numbers are part of the wire protocol (docs/PROTOCOL.md, "Limits"): a peer
 that exceeds one is sending a malformed frame. Tunable server settings (timeouts,
 connection caps, penalties) live in :mod:`tcpft.config` instead.
 """
@@ -42,3 +42,6 @@ RESUME_BLOCK_SIZE = 4 * 1024 * 1024
 
 #: Bytes in a SHA-256 digest.
 DIGEST_SIZE = 32
+
+#: Most GETs a client may send ahead of the one in progress (protocol version 2).
+MAX_GETS_AHEAD = 8

@@ -1,4 +1,7 @@
-"""The messages of protocol version 1: one frozen dataclass per frame type.
+"""The messages of the protocol: one frozen dataclass per frame type.
+
+Versions 1 and 2 have the same frames; version 2 only lets the client pipeline GETs
+(see :mod:`tcpft.protocol`).
 
 Field encodings (all integers big-endian, see docs/PROTOCOL.md "Field types"):
 
@@ -21,7 +24,9 @@ from .errors import ErrorCode, LocalProtocolError, RemoteProtocolError
 from .limits import DIGEST_SIZE, MAX_ERROR_TEXT_BYTES, MAX_SOFTWARE_BYTES
 
 MAGIC = b"TCPF"
-PROTOCOL_VERSION = 1
+#: The highest protocol version this code speaks, and the lowest.
+PROTOCOL_VERSION = 2
+MIN_PROTOCOL_VERSION = 1
 
 _U8 = struct.Struct("!B")
 _U16 = struct.Struct("!H")

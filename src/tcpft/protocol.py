@@ -11,11 +11,17 @@ is that table. A message that has no row for the current state is a protocol err
 
 The core also counts file bytes: after FILE (or PUT_READY) exactly ``size - offset``
 bytes of DATA must come before DONE.
+
+From protocol version 2 the client may pipeline GETs: while a download is under way
+it may send up to :data:`~tcpft.limits.MAX_GETS_AHEAD` more GETs. Both sides queue them
+and start the next one when the conversation comes back to READY, so the state table
+itself stays strictly turn by turn (docs/PROTOCOL.md, "Pipelined GETs").
 """
 
 from __future__ import annotations
 
 import enum
+from collections import deque
 from typing import Final
 
 from .errors import (
@@ -32,6 +38,7 @@ from .limits import (
     FRAME_HEADER_SIZE,
     MAX_CONTROL_PAYLOAD,
     MAX_DATA_PAYLOAD,
+    MAX_GETS_AHEAD,
     MAX_PRELOGIN_PAYLOAD,
 )
 from .messages import (
@@ -131,6 +138,15 @@ ERROR_NEXT: Final[dict[State, State]] = {
 #: States before login: the server accepts only small frames.
 PRELOGIN_STATES: Final = frozenset({State.HELLO, State.WELCOME, State.AUTH, State.AUTH_WAIT})
 
+#: Protocol version from which the client may send GETs ahead (pipelining).
+PIPELINING_VERSION: Final = 2
+
+#: States in which, during a download, the client may send a GET ahead (version 2).
+#: LISTING counts only when it answers a refused GET, not a LIST or the login.
+PIPELINE_STATES: Final = frozenset(
+    {State.GET_WAIT, State.DOWNLOADING, State.DOWNLOAD_ACK, State.LISTING}
+)
+
 #: States in which the peer closing the connection is a clean end, not a cut.
 CLEAN_EOF_STATES: Final = frozenset({State.READY, State.CLOSED})
 
@@ -157,7 +173,8 @@ def payload_limit(state: State, sender: Role, frame_type: int) -> int | None:
     """Largest payload of ``frame_type`` that ``sender`` may send in ``state``, or None."""
     if state is State.CLOSED:
         return None
-    if frame_type != Error.TYPE and (state, sender, frame_type) not in _ALLOWED:
+    ahead = frame_type == Get.TYPE and sender is C and state in PIPELINE_STATES
+    if frame_type != Error.TYPE and (state, sender, frame_type) not in _ALLOWED and not ahead:
         return None
     if state in PRELOGIN_STATES:
         return MAX_PRELOGIN_PAYLOAD
@@ -204,6 +221,11 @@ class Connection:
         self._eof = False
         self._remaining = 0  # DATA bytes still due in the current transfer
         self._put_size = 0
+        #: The protocol version chosen in WELCOME (0 until then).
+        self.version = 0
+        self._ahead: deque[Get] = deque()  # GETs sent ahead, not started yet
+        self._in_get = False  # from a GET's start until READY with nothing queued
+        self._started: deque[Get] = deque()  # the client's queued GETs, now due (server)
 
     # --- sending -------------------------------------------------------------------
 
@@ -286,7 +308,7 @@ class Connection:
             new = _transition(self.state, self.role.peer, Data(b""), local=False)
             self._check_data(self.role.peer, length, local=False)
         except ProtocolError:
-            self.state = State.CLOSED
+            self._close()
             raise
         self.state = new
         return int(length)
@@ -313,26 +335,30 @@ class Connection:
             ConnectionBroken: the peer closed in the middle of an exchange.
         """
         peer = self.role.peer
-        state = self.state
         try:
-            frame = self._decoder.next_frame(lambda t: _LIMITS[(state, peer, t)])
-            if frame is None:
-                return self._at_end_of_buffer()
-            msg = decode_message(frame.type, frame.payload)
-            self._advance(peer, msg, local=False)
+            while not self._started:
+                frame = self._decoder.next_frame(self._peer_limit)
+                if frame is None:
+                    return self._at_end_of_buffer()
+                msg = decode_message(frame.type, frame.payload)
+                if not self._advance(peer, msg, local=False):
+                    return msg
         except ProtocolError:
-            self.state = State.CLOSED
+            self._close()
             raise
-        return msg
+        return self._started.popleft()  # a GET sent ahead, whose turn it is now
+
+    def _peer_limit(self, frame_type: int) -> int | None:
+        return _LIMITS[(self.state, self.role.peer, frame_type)]
 
     def _at_end_of_buffer(self) -> Event:
         if not self._eof:
             return NEED_DATA
         if self.state in CLEAN_EOF_STATES and not self._decoder.buffered:
-            self.state = State.CLOSED
+            self._close()
             return CLOSED
         where = self.state.value
-        self.state = State.CLOSED
+        self._close()
         raise ConnectionBroken(f"connection closed by the peer during {where}")
 
     # --- shared --------------------------------------------------------------------
@@ -342,7 +368,36 @@ class Connection:
         """DATA bytes still due before DONE in the current transfer."""
         return self._remaining
 
-    def _advance(self, sender: Role, msg: Message, *, local: bool) -> None:
+    @property
+    def gets_ahead(self) -> int:
+        """GETs sent ahead (pipelined) and not started yet."""
+        return len(self._ahead)
+
+    def may_send_get_ahead(self) -> bool:
+        """Whether the client may send a GET now without waiting for READY."""
+        return (
+            self.version >= PIPELINING_VERSION
+            and self._in_get
+            and self.state in PIPELINE_STATES
+            and len(self._ahead) < MAX_GETS_AHEAD
+        )
+
+    def _close(self) -> None:
+        self.state = State.CLOSED
+        self._ahead.clear()
+        self._started.clear()
+        self._in_get = False
+
+    def _advance(self, sender: Role, msg: Message, *, local: bool) -> bool:
+        """Apply ``msg``; True when it is a GET sent ahead (queued, state unchanged)."""
+        if isinstance(msg, Get) and sender is C and self._in_get and self.state in PIPELINE_STATES:
+            err = LocalProtocolError if local else RemoteProtocolError
+            if self.version < PIPELINING_VERSION:
+                raise err(f"GET during a download needs protocol version {PIPELINING_VERSION}")
+            if len(self._ahead) >= MAX_GETS_AHEAD:
+                raise err(f"more than {MAX_GETS_AHEAD} GETs sent ahead")
+            self._ahead.append(msg)
+            return True
         new = _transition(self.state, sender, msg, local=local)
         if isinstance(msg, Data):
             self._check_data(sender, len(msg.data), local=local)
@@ -362,7 +417,22 @@ class Connection:
                 err = LocalProtocolError if local else RemoteProtocolError
                 raise err("PUT_READY offset is past the announced size")
             self._remaining = self._put_size - msg.offset
+        elif isinstance(msg, Welcome):
+            self.version = msg.version
         self.state = new
+        if new is State.GET_WAIT:
+            self._in_get = True
+        elif new is State.READY and self._in_get:
+            if self._ahead:  # the next GET sent ahead starts now
+                get = self._ahead.popleft()
+                self.state = State.GET_WAIT
+                if self.role is S:
+                    self._started.append(get)
+            else:
+                self._in_get = False
+        elif new is State.CLOSED:
+            self._close()
+        return False
 
     def _check_data(self, sender: Role, length: int, *, local: bool) -> None:
         if self.state is State.UPLOAD_REFUSED:

@@ -43,6 +43,7 @@ from .limits import (
     MAX_PRELOGIN_PAYLOAD,
     RESUME_BLOCK_SIZE,
 )
+from .messages import MIN_PROTOCOL_VERSION as _MIN_VERSION
 from .messages import PROTOCOL_VERSION as _VERSION
 from .messages import (
     Ack,
@@ -411,9 +412,10 @@ class _Session:
     async def _login(self) -> bool:
         hello = await self._next(None)
         assert isinstance(hello, Hello)
-        if hello.version < 1:
+        if hello.version < _MIN_VERSION:
             await self._fatal(
-                ErrorCode.UNSUPPORTED_VERSION, f"this server speaks version {_VERSION}"
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"this server speaks versions {_MIN_VERSION} to {_VERSION}",
             )
             return False
         await self._send(Welcome(min(hello.version, _VERSION), SOFTWARE))

@@ -267,8 +267,8 @@ class RawConn:
 
     # --- conversation helpers -----------------------------------------------------------
 
-    def hello(self) -> Welcome:
-        self.send(frame(Hello(1, "adversary")))
+    def hello(self, version: int = 1) -> Welcome:
+        self.send(frame(Hello(version, "adversary")))
         msg = self.read_message()
         assert isinstance(msg, Welcome), msg
         return msg
@@ -315,11 +315,11 @@ def reset_socket(sock: socket.socket) -> None:
     sock.close()
 
 
-def logged_in(port: int, user: tuple[str, str], **kwargs: object) -> RawConn:
-    """A RawConn past HELLO and LOGIN with the first listing read."""
+def logged_in(port: int, user: tuple[str, str], version: int = 1, **kwargs: object) -> RawConn:
+    """A RawConn past HELLO (of ``version``) and LOGIN with the first listing read."""
     conn = RawConn(port, **kwargs)  # type: ignore[arg-type]
     try:
-        conn.hello()
+        conn.hello(version)
         ok = conn.login(*user)
         assert isinstance(ok, LoginOk), ok
         conn.read_listing()

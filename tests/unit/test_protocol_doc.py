@@ -31,6 +31,8 @@ from tcpft.protocol import (
     CLEAN_EOF_STATES,
     CLOSED,
     ERROR_NEXT,
+    NEED_DATA,
+    PIPELINE_STATES,
     TRANSITIONS,
     Connection,
     Role,
@@ -216,6 +218,10 @@ def test_state_diagram_has_every_edge() -> None:
         assert f"{state.value} --> [*]" in diagram
 
 
+def test_pipeline_states_table_is_the_code() -> None:
+    assert {State(r[0]) for r in _table("pipeline-states")} == PIPELINE_STATES
+
+
 def test_speaker_table() -> None:
     rows = {State(r[0]): r[1:] for r in _table("speakers")}
     assert set(rows) == set(State)
@@ -296,9 +302,17 @@ def test_session_trace_replays(name: str, pos: int) -> None:
             continue
         frame_type, payload = _split_frame(bytes(frame))
         msg = messages.decode_message(frame_type, payload)
+        before = sender.state
         assert sender.send(msg) == frame
         receiver.receive_data(bytes(frame))
-        assert receiver.next_event() == msg
+        if "ahead" in note:  # a pipelined GET (5.5): queued on both sides
+            assert isinstance(msg, messages.Get) and sender.state is before
+            assert receiver.next_event() is NEED_DATA
+        else:
+            assert receiver.next_event() == msg
+        if "starts" in note:  # a queued GET became the current one: the server is told
+            assert isinstance(conns["S"].next_event(), messages.Get), note
+        assert receiver.next_event() is NEED_DATA
         assert sender.state is receiver.state
         # The comment above the frame names it (and its code or verdict) and the new state.
         words = re.findall(r"[\w=]+", note)
@@ -313,6 +327,7 @@ def test_session_trace_replays(name: str, pos: int) -> None:
 def test_constants_in_prose() -> None:
     assert f"default server port\n  is **{DEFAULT_PORT}**" in DOC
     assert " ".join(f"{b:02x}" for b in messages.MAGIC) in DOC
-    assert f"The only version today is **{messages.PROTOCOL_VERSION}**" in DOC
+    assert f"The highest version today is **{messages.PROTOCOL_VERSION}**" in DOC
+    assert f"At most **{limits.MAX_GETS_AHEAD}** GETs ahead" in DOC
     # The fingerprint format example is the SHA-256 of empty input.
     assert fingerprint(b"") in DOC
