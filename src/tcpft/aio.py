@@ -10,11 +10,11 @@ one at a time per session, so an event loop is never blocked by a transfer::
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .client import Entries, Results, Session, TransferResult, connect
+from .client import Entries, Outcomes, Results, Session, TransferResult, connect
 from .config import DEFAULT_PORT
 
 T = TypeVar("T")
@@ -50,6 +50,12 @@ class AsyncSession:
     ) -> TransferResult:
         """See :meth:`Session.upload`."""
         return await self._call(self.session.upload, local, remote, **kw)
+
+    async def download_many(
+        self, jobs: Iterable[tuple[str, Path | str | None]], **kw: Any
+    ) -> Outcomes:
+        """See :meth:`Session.download_many`; returns every outcome at the end."""
+        return await self._call(lambda: list(self.session.download_many(jobs, **kw)))
 
     async def glob(self, pattern: str) -> Entries:
         """See :meth:`Session.glob`."""

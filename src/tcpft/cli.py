@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import getpass
 import json
@@ -284,15 +285,23 @@ def _cmd_get(args: argparse.Namespace) -> int:
                     continue
                 glob = _GLOB_CHARS & set(name)
                 paths = rep.attempt(name, functools.partial(_glob, s, name)) if glob else [name]
-                for path in paths or []:
-                    get = functools.partial(
-                        s.download, path, dest, progress=rep.track(path), **opts
-                    )
-                    if (result := rep.attempt(path, get)) is not None:
-                        rep.finished(path, result)
+                _get_files(s, rep, paths or [], dest, opts)
         except Stop:
             pass
     return rep.failures[0] if rep.failures else 0
+
+
+def _get_files(
+    s: Session, rep: Reporter, paths: list[str], dest: str | None, opts: dict[str, bool]
+) -> None:
+    """Download ``paths`` with requests pipelined, reporting each file in turn."""
+    jobs = [(path, dest) for path in paths]
+    with contextlib.closing(s.download_many(jobs, progress_for=rep.track, **opts)) as outcomes:
+        for path in paths:
+            outcome = rep.attempt(path, functools.partial(next, outcomes))
+            if outcome is None:
+                return
+            rep.settle(*outcome)
 
 
 def _track_entry(rep: Reporter, entry: Entry) -> Progress | None:

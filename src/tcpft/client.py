@@ -22,8 +22,9 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,9 @@ from .errors import (
     is_fatal,
 )
 from .integrity import align_down, scan_prefix
-from .limits import FRAME_HEADER_SIZE, MAX_DATA_PAYLOAD
+from .limits import FRAME_HEADER_SIZE, MAX_DATA_PAYLOAD, MAX_GETS_AHEAD
 from .messages import (
+    MIN_PROTOCOL_VERSION,
     PROTOCOL_VERSION,
     Ack,
     Bye,
@@ -101,6 +103,44 @@ class TransferResult:
 
 
 Results = list[TransferResult]
+
+#: What :meth:`Session.download_many` yields: (remote name, result or the file's error).
+Outcome = tuple[str, TransferResult | TcpftError]
+Outcomes = list[Outcome]
+
+#: GETs that :meth:`Session.download_many` sends ahead of the file in progress.
+GETS_AHEAD = 4
+
+
+@dataclass(slots=True, eq=False)
+class _Request:
+    """A download whose GET has been sent, or (with ``error``) one that failed before."""
+
+    remote: str
+    target: Path
+    partial: Path
+    fd: int  # of the partial file; -1 once closed
+    existed: bool  # the partial file was there before this request
+    force: bool
+    progress: Progress | None
+    offset: int = 0
+    digest: bytes = b""
+    hasher: Any = field(default_factory=hashlib.sha256)
+    error: TcpftError | None = None
+
+    @classmethod
+    def failed(cls, remote: str, error: TcpftError) -> _Request:
+        return cls(remote, Path(), Path(), -1, False, False, None, error=error)
+
+    def abandon(self) -> None:
+        """Close the partial file, and remove it if this request created it."""
+        if self.fd < 0:
+            return
+        os.close(self.fd)
+        self.fd = -1
+        if not self.existed:
+            with contextlib.suppress(OSError):
+                os.unlink(self.partial)
 
 
 def known_hosts_path() -> Path:
@@ -267,7 +307,7 @@ class Session:
         self._send(Hello(PROTOCOL_VERSION, SOFTWARE))
         welcome = self._next()
         assert isinstance(welcome, Welcome)
-        if welcome.version != PROTOCOL_VERSION:
+        if not MIN_PROTOCOL_VERSION <= welcome.version <= PROTOCOL_VERSION:
             raise UnsupportedVersion(f"server chose protocol version {welcome.version}")
         self.server_software = printable(welcome.software)
         self._send(Login(user, password))
@@ -310,6 +350,100 @@ class Session:
             LocalFileError: the destination cannot be written.
             ConnectError: the connection failed; the partial file stays for a resume.
         """
+        target = self._target(remote, dest)
+        return self._finish(self._request(remote, target, force, resume, progress))
+
+    def download_many(
+        self,
+        jobs: Iterable[tuple[str, Path | str | None]],
+        *,
+        force: bool = False,
+        resume: bool = False,
+        progress_for: Callable[[str], Progress | None] | None = None,
+        ahead: int = GETS_AHEAD,
+    ) -> Generator[Outcome, None, None]:
+        """Download several files, sending up to ``ahead`` requests ahead of the one in
+        progress, so that the server never waits for the client between files.
+
+        ``jobs`` are (remote name, destination) pairs, the destination as in
+        :meth:`download`. Yields, in the order of ``jobs``, (remote name, result): a
+        TransferResult, or the TcpftError that failed that file alone (a refusal,
+        a mismatch, an existing destination). Against a server that speaks only
+        protocol version 1, one request at a time. Stopping the iteration early
+        finishes the few downloads already requested.
+
+        Raises:
+            ConnectError, ProtocolError, LocalFileError: the session cannot go on
+                (a cut, a broken rule, a local write that failed mid-file).
+        """
+
+        def resolved() -> Iterator[tuple[str, Path | TcpftError, Progress | None]]:
+            for remote, dest in jobs:
+                target: Path | TcpftError
+                try:
+                    target = self._target(remote, dest)
+                except LocalFileError as exc:  # reported as that file's outcome
+                    target = exc
+                yield remote, target, progress_for(remote) if progress_for else None
+
+        return self._pipelined(resolved(), force, resume, ahead)
+
+    def _pipelined(
+        self,
+        jobs: Iterator[tuple[str, Path | TcpftError, Progress | None]],
+        force: bool,
+        resume: bool,
+        ahead: int,
+    ) -> Generator[Outcome, None, None]:
+        """Run the downloads of ``jobs`` (remote, local target or error, progress)."""
+        ahead = max(0, min(ahead, MAX_GETS_AHEAD))
+        pending: deque[_Request] = deque()
+        try:
+            while True:
+                while not pending or (len(pending) <= ahead and self.conn.may_send_get_ahead()):
+                    if (job := next(jobs, None)) is None:
+                        break
+                    remote, target, progress = job
+                    try:
+                        if isinstance(target, TcpftError):
+                            raise target
+                        pending.append(self._request(remote, target, force, resume, progress))
+                    except (AlreadyExists, LocalFileError) as exc:  # nothing was sent
+                        pending.append(_Request.failed(remote, exc))  # reported in its turn
+                        break
+                if not pending:
+                    return
+                req = pending.popleft()
+                try:
+                    result: TransferResult | TcpftError = self._finish(req)
+                except TcpftError as exc:
+                    if not self._between_requests(pending):
+                        raise
+                    result = exc
+                yield req.remote, result
+        except GeneratorExit:
+            self._drain(pending)
+            raise
+        finally:
+            for req in pending:
+                req.abandon()
+
+    def _between_requests(self, pending: deque[_Request]) -> bool:
+        """Whether the conversation can go on with the requests in ``pending``."""
+        sent = sum(1 for r in pending if r.fd >= 0)
+        if sent:
+            return self.conn.state is State.GET_WAIT
+        return self.conn.state is State.READY
+
+    def _drain(self, pending: deque[_Request]) -> None:
+        """After an early stop: finish the requests already sent, while the session can."""
+        while pending and self._between_requests(pending):
+            req = pending.popleft()
+            if req.fd >= 0:
+                with contextlib.suppress(TcpftError):
+                    self._finish(req)
+
+    def _target(self, remote: str, dest: Path | str | None) -> Path:
         parts = split_path(remote)
         target = Path(dest) if dest is not None else Path(parts[-1])
         if isinstance(dest, str) and dest.endswith(("/", os.sep)):  # "downloads/": a folder
@@ -317,35 +451,47 @@ class Session:
                 target.mkdir(parents=True, exist_ok=True)
         if target.is_dir():
             target = target / parts[-1]
-        return self._download_to(remote, target, force=force, resume=resume, progress=progress)
+        return target
 
-    def _download_to(
-        self, remote: str, target: Path, *, force: bool, resume: bool, progress: Progress | None
-    ) -> TransferResult:
+    def _request(
+        self, remote: str, target: Path, force: bool, resume: bool, progress: Progress | None
+    ) -> _Request:
+        """Open the partial file of ``target`` and send the GET for ``remote``."""
         if not force and os.path.lexists(target):
             raise AlreadyExists(f"{target} exists (use --force to overwrite)")
         partial = target.with_name(target.name + PARTIAL_SUFFIX)
-        started = time.monotonic()
         existed = os.path.lexists(partial)
         with _local(partial):
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        # The partial file is kept for a resume unless its content is known to be bad.
-        keep: bool | None = True
+        req = _Request(remote, target, partial, fd, existed, force, progress)
         try:
-            offset, digest, hasher = 0, b"", hashlib.sha256()
             if resume:
                 with _local(partial):
                     aligned = align_down(os.fstat(fd).st_size)
                     if aligned:
                         scan = scan_prefix(fd, aligned)
-                        offset, digest, hasher = aligned, scan.digest, scan.whole
-            self._send(Get(remote, offset, digest))
+                        req.offset, req.digest, req.hasher = aligned, scan.digest, scan.whole
+            self._send(Get(remote, req.offset, req.digest))
+        except BaseException:
+            req.abandon()
+            raise
+        return req
+
+    def _finish(self, req: _Request) -> TransferResult:
+        """Receive the answer to ``req``'s GET, verify it and publish the file."""
+        if req.error is not None:
+            raise req.error
+        started = time.monotonic()
+        fd, partial, target, hasher = req.fd, req.partial, req.target, req.hasher
+        # The partial file is kept for a resume unless its content is known to be bad.
+        keep: bool | None = True
+        try:
             reply = self._next(raise_errors=False)
             if isinstance(reply, Error):
-                keep = existed  # refused: remove only what this call created
+                keep = req.existed  # refused: remove only what this request created
                 raise self._request_error(reply)
             assert isinstance(reply, FileHeader)
-            if reply.offset != offset:
+            if reply.offset != req.offset:
                 hasher = hashlib.sha256()
             with _local(partial):
                 # Only when needed: ext4 flushes a file truncated to zero when it is closed.
@@ -357,7 +503,7 @@ class Session:
                 preallocate(fd, reply.offset, reply.size - reply.offset)
             sink: Sink = ThreadSink(fd, hasher) if big else InlineSink(fd, hasher, self._small)
             try:
-                pos = self._receive_file(sink, partial, reply, progress)
+                pos = self._receive_file(sink, partial, reply, req.progress)
                 with _local(partial):
                     sink.close()  # every chunk is written, and in ``hasher``
             finally:
@@ -371,18 +517,21 @@ class Session:
             if hasher.digest() != done.sha256:
                 keep = False
                 self._send(Ack(False))
-                raise IntegrityError(f"SHA-256 of {printable(remote)} does not match; discarded")
+                raise IntegrityError(
+                    f"SHA-256 of {printable(req.remote)} does not match; discarded"
+                )
             with _local(target):
                 os.fchmod(fd, self._file_mode)  # private while partial, then as usual
                 os.utime(fd, ns=(reply.mtime_ns, reply.mtime_ns))
-                _publish(partial, target, force=force)
+                _publish(partial, target, force=req.force)
             keep = None  # published: nothing left to keep or remove
             self._send(Ack(True))
             return TransferResult(
-                remote, target, reply.size, pos - reply.offset, reply.offset,
+                req.remote, target, reply.size, pos - reply.offset, reply.offset,
                 done.sha256.hex(), time.monotonic() - started,
             )  # fmt: skip
         finally:
+            req.fd = -1
             if keep:
                 release_preallocation(fd)
             os.close(fd)
@@ -478,11 +627,13 @@ class Session:
         force: bool = False,
         resume: bool = False,
         progress_for: Callable[[Entry], Progress | None] | None = None,
+        ahead: int = GETS_AHEAD,
     ) -> Results:
         """Download a directory and everything below it into ``dest_dir/<its name>``.
 
         Relative paths and modification times are kept; every name the server sends is
-        checked so that nothing lands outside ``dest_dir``.
+        checked so that nothing lands outside ``dest_dir``. Requests are pipelined as
+        in :meth:`download_many`.
 
         Raises:
             RemoteProtocolError: the server sent an unsafe name.
@@ -495,8 +646,8 @@ class Session:
         top = local_target(base, remote_dir[skip:])
         with _local(top):
             top.mkdir(parents=True, exist_ok=True)
-        results: Results = []
         dirs: list[tuple[Path, int | None]] = [(top, None)]
+        files: list[tuple[str, Path | TcpftError, Progress | None]] = []
         for entry in entries:
             if not entry.path.startswith(remote_dir + "/"):
                 raise RemoteProtocolError(
@@ -508,10 +659,13 @@ class Session:
                     target.mkdir(parents=True, exist_ok=True)
                 dirs.append((target, entry.mtime_ns))
                 continue
-            progress = progress_for(entry) if progress_for else None
-            results.append(
-                self._download_to(entry.path, target, force=force, resume=resume, progress=progress)
-            )
+            files.append((entry.path, target, progress_for(entry) if progress_for else None))
+        results: Results = []
+        with contextlib.closing(self._pipelined(iter(files), force, resume, ahead)) as outcomes:
+            for _, result in outcomes:
+                if isinstance(result, TcpftError):
+                    raise result
+                results.append(result)
         for path, mtime_ns in reversed(dirs):
             if mtime_ns is not None:
                 with contextlib.suppress(OSError):

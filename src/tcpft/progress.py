@@ -169,10 +169,22 @@ class Reporter:
         try:
             return fn()
         except TcpftError as exc:
-            self.failed(path, exc)
-            self.failures.append(exc.exit_code)
-            if isinstance(exc, RemoteFileError):
-                return None
+            self._failure(path, exc)
+            return None
+
+    def settle(self, path: str, outcome: TransferResult | TcpftError) -> None:
+        """Report one outcome of a batch (:meth:`Session.download_many`) like
+        :meth:`attempt` and :meth:`finished` do: a failure other than a refusal
+        raises :class:`Stop`."""
+        if isinstance(outcome, TcpftError):
+            self._failure(path, outcome)
+        else:
+            self.finished(path, outcome)
+
+    def _failure(self, path: str, exc: TcpftError) -> None:
+        self.failed(path, exc)
+        self.failures.append(exc.exit_code)
+        if not isinstance(exc, RemoteFileError):
             raise Stop from exc
 
     def track(self, path: str) -> Progress | None:

@@ -175,6 +175,18 @@ def test_get_glob(server: ServerThread, env: Env) -> None:
     assert "no file matches *.iso" in r.stderr
 
 
+def test_get_several_names_reports_each_in_its_turn(server: ServerThread, env: Env) -> None:
+    (env.root / "other.txt").write_text("other\n")
+    r = tcpft(env, "get", addr(server), "hello.txt", "nope", "other.txt", "-o", "out")
+    assert r.returncode == 6  # the refusal's status; the other files still came
+    assert sorted(p.name for p in (env.client / "out").iterdir()) == ["hello.txt", "other.txt"]
+    lines = r.stderr.splitlines()
+    words = ("hello", "nope", "other")
+    order = [next(i for i, line in enumerate(lines) if w in line) for w in words]
+    assert order == sorted(order), r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_get_recursive(server: ServerThread, env: Env) -> None:
     r = tcpft(env, "get", addr(server), "-r", "sub", "-o", "tree")
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,183 @@
+"""Pipelined downloads (protocol version 2) against a real server over TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+import tcpft.server
+from tcpft.aio import aconnect
+from tcpft.client import Session, TransferResult
+from tcpft.errors import AlreadyExists, InvalidName, ShuttingDown, TcpftError
+from tcpft.names import PARTIAL_SUFFIX
+from tcpft.protocol import State
+
+from ..conftest import ALICE, Env, ServerThread
+
+Login_ = Callable[..., Session]
+
+
+def _files(env: Env, count: int, size: int = 3000) -> list[str]:
+    (env.root / "many").mkdir()
+    names = []
+    for i in range(count):
+        name = f"many/f{i:04d}.bin"
+        (env.root / name).write_bytes(os.urandom(size + i))
+        names.append(name)
+    return names
+
+
+def _same(env: Env, remote: str, local: Path) -> bool:
+    return (
+        hashlib.sha256(local.read_bytes()).digest()
+        == hashlib.sha256((env.root / remote).read_bytes()).digest()
+    )
+
+
+def _leftovers(where: Path) -> list[str]:
+    return [p.name for p in where.rglob("*" + PARTIAL_SUFFIX)]
+
+
+@pytest.mark.timeout(60)
+def test_many_files_arrive_in_order_and_intact(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = [*_files(env, 300), "data.bin", "hello.txt"]
+    with login(server) as s:
+        assert s.conn.version == 2
+        outcomes = list(s.download_many((n, env.client / n.replace("/", "_")) for n in names))
+        assert s.conn.state is State.READY
+    assert [r for r, _ in outcomes] == names
+    for remote, result in outcomes:
+        assert isinstance(result, TransferResult), result
+        assert result.local == env.client / remote.replace("/", "_")
+        assert _same(env, remote, result.local)
+    assert _leftovers(env.client) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_file_is_reported_in_its_turn_and_the_rest_arrive(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = _files(env, 20)
+    (env.client / "f0007.bin").write_text("mine\n")  # this one exists locally
+    jobs = [(n, env.client) for n in names[:5]] + [("many/missing", env.client)]
+    jobs += [(n, env.client) for n in names[5:]]
+    with login(server) as s:
+        outcomes = list(s.download_many(jobs))
+        assert s.conn.state is State.READY
+        # The session goes on as usual.
+        assert s.download("hello.txt", env.client).size == 13
+    assert [r for r, _ in outcomes] == [r for r, _ in jobs]
+    errors = {r: type(o) for r, o in outcomes if isinstance(o, TcpftError)}
+    assert errors == {"many/missing": InvalidName, "many/f0007.bin": AlreadyExists}
+    missing = next(o for r, o in outcomes if r == "many/missing")
+    assert {e.path for e in missing.listing} >= {"hello.txt", "many"}  # type: ignore[union-attr]
+    assert (env.client / "f0007.bin").read_text() == "mine\n"
+    for remote, result in outcomes:
+        if isinstance(result, TransferResult):
+            assert _same(env, remote, result.local)
+    assert _leftovers(env.client) == []
+
+
+@pytest.mark.timeout(60)
+def test_stopping_early_finishes_what_was_requested(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = _files(env, 40)
+    with login(server) as s:
+        outcomes = s.download_many(((n, env.client) for n in names), ahead=4)
+        for _ in range(3):
+            next(outcomes)
+        outcomes.close()
+        assert s.conn.state is State.READY
+        assert [e.path for e in s.list("many")][:2] == names[:2]
+    got = sorted(p.name for p in env.client.iterdir())
+    # The 3 taken, and those already requested: at most 4 more.
+    assert 3 <= len(got) <= 3 + 4
+    assert got == [n.rsplit("/", 1)[1] for n in names[: len(got)]]
+    assert _leftovers(env.client) == []
+
+
+@pytest.mark.timeout(60)
+def test_tree_download_is_pipelined_and_complete(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = _files(env, 100)
+    with login(server) as s:
+        results = s.download_tree("many", env.client)
+    assert len(results) == 100
+    for remote in names:
+        assert _same(env, remote, env.client / remote)
+
+
+@pytest.mark.timeout(60)
+def test_a_version_1_server_is_served_one_request_at_a_time(
+    env: Env,
+    start_server: Callable[..., ServerThread],
+    login: Login_,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(tcpft.server, "_VERSION", 1)  # a server of the first release
+    srv = start_server()
+    names = _files(env, 30)
+    with login(srv) as s:
+        assert s.conn.version == 1
+        outcomes = list(s.download_many((n, env.client) for n in [*names, "nope"]))
+        assert s.conn.state is State.READY
+    assert all(isinstance(o, TransferResult) for _, o in outcomes[:-1])
+    assert isinstance(outcomes[-1][1], InvalidName)
+    for remote in names:
+        assert _same(env, remote, env.client / remote.rsplit("/", 1)[1])
+
+
+@pytest.mark.timeout(60)
+def test_a_cut_during_a_pipeline_keeps_only_the_started_partial(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    (env.root / "big.bin").write_bytes(os.urandom(24 * 1024 * 1024))
+    names = ["hello.txt", "big.bin", *_files(env, 6)]
+    cut = False
+
+    def progress_for(remote: str) -> Callable[[int, int], None] | None:
+        def progress(done: int, total: int) -> None:
+            nonlocal cut
+            if done > 0 and not cut:
+                cut = True
+                server.stop(grace=0.0)
+
+        return progress if remote == "big.bin" else None
+
+    with login(server) as s:
+        outcomes = s.download_many(((n, env.client) for n in names), progress_for=progress_for)
+        first = next(outcomes)
+        assert isinstance(first[1], TransferResult)
+        with pytest.raises(ShuttingDown):
+            next(outcomes)  # fatal: raised, not yielded
+        assert s.conn.state is State.CLOSED
+    # The cut file keeps its partial for a resume; the GETs ahead leave nothing behind.
+    assert _leftovers(env.client) == ["big.bin" + PARTIAL_SUFFIX]
+    assert sorted(p.name for p in env.client.iterdir()) == [
+        "big.bin" + PARTIAL_SUFFIX,
+        "hello.txt",
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_async_download_many(env: Env, server: ServerThread) -> None:
+    names = _files(env, 10)
+
+    async def main() -> list[str]:
+        async with await aconnect(
+            "127.0.0.1", server.port, user=ALICE[0], password=ALICE[1],
+            known_hosts=env.known_hosts, timeout=10.0,
+        ) as s:  # fmt: skip
+            outcomes = await s.download_many((n, env.client) for n in names)
+        return [r for r, o in outcomes if isinstance(o, TransferResult)]
+
+    assert asyncio.run(main()) == names
