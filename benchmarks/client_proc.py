@@ -39,6 +39,9 @@ class _Client:
     def download(self, name: str, dest: Path) -> int:
         raise NotImplementedError
 
+    def download_all(self, names: list[str], base: Path) -> int:
+        return sum(self.download(name, base / name.rsplit("/", 1)[-1]) for name in names)
+
     def upload(self, local: Path, remote: str) -> int:
         raise NotImplementedError
 
@@ -47,16 +50,29 @@ class _Client:
 
 
 class _Tcpft(_Client):
-    def __init__(self, port: int, plaintext: bool, fingerprint: str | None, kh: Path) -> None:
-        from tcpft.client import connect  # imported by main() before the clock starts
+    def __init__(
+        self, port: int, plaintext: bool, fingerprint: str | None, kh: Path, ahead: int | None
+    ) -> None:
+        from tcpft.client import GETS_AHEAD, connect  # imported before the clock starts
 
         self.session = connect(
             HOST, port, user=USER, password=PASSWORD, plaintext=plaintext,
             fingerprint=fingerprint, known_hosts=kh, timeout=120.0,
         )  # fmt: skip
+        self.ahead = GETS_AHEAD if ahead is None else ahead
 
     def download(self, name: str, dest: Path) -> int:
         return self.session.download(name, dest, force=True).size
+
+    def download_all(self, names: list[str], base: Path) -> int:
+        """As ``tcpft get`` does with several names: requests pipelined."""
+        total = 0
+        jobs = [(name, base / name.rsplit("/", 1)[-1]) for name in names]
+        for _, result in self.session.download_many(jobs, force=True, ahead=self.ahead):
+            if isinstance(result, Exception):
+                raise result
+            total += result.size
+        return total
 
     def upload(self, local: Path, remote: str) -> int:
         return self.session.upload(local, remote, force=True).size
@@ -143,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fsync", action="store_true", help="raw: fsync each file (the server does, on upload)"
     )
     parser.add_argument("--profile", metavar="OUT")
+    parser.add_argument("--gets-ahead", type=int, metavar="N", help="tcpft: pipelining depth")
     args = parser.parse_args(argv)
     names = [n for n in Path(args.names).read_text().splitlines() if n]
     base = Path(args.dir)
@@ -154,7 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     client: _Client
     if args.tool == "tcpft":
-        client = _Tcpft(args.port, args.plaintext, args.fingerprint, base / ".known_hosts")
+        client = _Tcpft(
+            args.port, args.plaintext, args.fingerprint, base / ".known_hosts", args.gets_ahead
+        )
     else:
         client = _Raw(args.port, args.fsync)
     t1 = time.monotonic()
@@ -163,12 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     total = 0
     t2 = time.monotonic()
     with _profiled(args.profile):
-        for name in names:
-            leaf = name.rsplit("/", 1)[-1]
-            if args.op == "download":
-                total += client.download(name, base / leaf)
-            else:
-                total += client.upload(base / name, args.remote_prefix + leaf)
+        if args.op == "download":
+            total = client.download_all(names, base)
+        else:
+            for name in names:
+                total += client.upload(base / name, args.remote_prefix + name.rsplit("/", 1)[-1])
     t3 = time.monotonic()
     client.close()
     t4 = time.monotonic()

@@ -457,6 +457,7 @@ class Ctx:
     sizes: Sizes
     runs: int
     original: set[str]
+    gets_ahead: int | None = None  # tcpft clients' pipelining depth (None: the default)
     ssh: SshSetup | None = None
     counter: int = 0
 
@@ -537,6 +538,7 @@ def make_ctx(args: argparse.Namespace, sizes: Sizes, cases: list[str], work: Pat
         sizes=sizes,
         runs=args.runs,
         original={p.name for p in served.iterdir()},
+        gets_ahead=args.gets_ahead,
     )
 
 
@@ -968,6 +970,8 @@ def python_plan(
                 argv += ["--dir", str(ctx.served), "--remote-prefix", f"up-c{i:02d}-"]
             if tool == "tcpft":
                 argv += ["--plaintext"] if plaintext else ["--fingerprint", ctx.fingerprint]
+                if ctx.gets_ahead is not None:
+                    argv += ["--gets-ahead", str(ctx.gets_ahead)]
             if fsync:
                 argv.append("--fsync")
             out.append(argv)
@@ -1554,6 +1558,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--profile", metavar="DIR", help="also profile one TLS download and upload (cProfile)"
     )
     parser.add_argument("--workdir", help="where to make the temporary directory")
+    parser.add_argument(
+        "--gets-ahead",
+        type=int,
+        metavar="N",
+        help="tcpft downloads: GETs sent ahead of the file in progress (default: the library's)",
+    )
     args = parser.parse_args(argv)
     if args.runs is None:
         args.runs = 1 if args.quick else 5
