@@ -57,6 +57,7 @@ import psutil
 
 from tcpft.auth import UserStore
 from tcpft.config import parse_size
+from tcpft.server import DIGESTS_NAME
 from tcpft.tls import certificate_fingerprint, ensure_server_certificate
 
 from .common import CHUNK, HOST, PASSWORD, USER, vmhwm_kib
@@ -552,6 +553,9 @@ def start_raw(ctx: Ctx) -> ServerProc:
 
 
 def start_tcpft(ctx: Ctx, plaintext: bool, profile: Path | None = None) -> ServerProc:
+    # Every server starts cold: the digests the last one saved at shutdown would make
+    # its files' first downloads warm ones (the "warm" rows measure that on purpose).
+    (ctx.state / DIGESTS_NAME).unlink(missing_ok=True)
     pf = ctx.portfile()
     argv = [PY, "-m", "benchmarks.serve_proc", str(ctx.served), str(ctx.state), str(pf)]
     if plaintext:

@@ -330,6 +330,9 @@ class Connection:
     def next_event(self) -> Event:
         """The next message from the peer, NEED_DATA, or CLOSED (a clean close).
 
+        A GET that the client sent ahead (version 2) is returned when its turn comes,
+        that is once the conversation is back in READY, not when it arrives.
+
         Raises:
             RemoteProtocolError: the peer broke the protocol (the state becomes CLOSED).
             ConnectionBroken: the peer closed in the middle of an exchange.
