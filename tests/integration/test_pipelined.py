@@ -181,3 +181,26 @@ def test_async_download_many(env: Env, server: ServerThread) -> None:
         return [r for r, o in outcomes if isinstance(o, TransferResult)]
 
     assert asyncio.run(main()) == names
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_downloads_resume_their_partials(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = _files(env, 6)
+    data = os.urandom(9 * 1024 * 1024)
+    (env.root / "many" / "r.bin").write_bytes(data)
+    (env.client / ("r.bin" + PARTIAL_SUFFIX)).write_bytes(data[: 5 * 1024 * 1024])
+    jobs = [(n, env.client) for n in [*names[:3], "many/r.bin", *names[3:]]]
+    with login(server) as s:
+        outcomes = dict(s.download_many(jobs, resume=True))
+    resumed = outcomes["many/r.bin"]
+    assert isinstance(resumed, TransferResult)
+    assert (resumed.resumed_from, resumed.transferred) == (4 * 1024 * 1024, 5 * 1024 * 1024)
+    assert (env.client / "r.bin").read_bytes() == data
+    assert all(
+        isinstance(o, TransferResult) and o.resumed_from == 0
+        for r, o in outcomes.items()
+        if r != "many/r.bin"
+    )
+    assert _leftovers(env.client) == []
