@@ -6,9 +6,9 @@ import hashlib
 
 import pytest
 
-from tcpft.errors import ErrorCode, LocalProtocolError, RemoteProtocolError
-from tcpft.frames import encode_frame
-from tcpft.limits import MAX_GETS_AHEAD
+from tcpft.errors import ErrorCode, FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from tcpft.frames import encode_frame, frame_header
+from tcpft.limits import MAX_CONTROL_PAYLOAD, MAX_GETS_AHEAD
 from tcpft.messages import (
     Ack,
     Data,
@@ -27,7 +27,7 @@ from tcpft.messages import (
     Put,
     Welcome,
 )
-from tcpft.protocol import NEED_DATA, Connection, Role, State
+from tcpft.protocol import NEED_DATA, Connection, Role, State, payload_limit
 
 C, S = Role.CLIENT, Role.SERVER
 CONTENT = b"0123456789"
@@ -229,3 +229,16 @@ def test_nothing_but_get_and_ack_while_gets_are_queued() -> None:
     for msg in (ListRequest(), Put("u", 1, 1), Ack(True)):
         with pytest.raises(LocalProtocolError):
             w.c.send(msg)  # GET_WAIT for b: the server speaks next
+
+
+def test_a_get_ahead_is_bounded_by_the_control_frame_limit() -> None:
+    for state in (State.GET_WAIT, State.DOWNLOADING, State.DOWNLOAD_ACK, State.LISTING):
+        assert payload_limit(state, C, Get.TYPE) == MAX_CONTROL_PAYLOAD
+        assert payload_limit(state, S, Get.TYPE) is None  # a server never sends GET
+    w = Wire(2)
+    w.say(C, Get("a"))
+    assert w.hear(S) == Get("a")
+    w.s.receive_data(frame_header(Get.TYPE, MAX_CONTROL_PAYLOAD + 1))
+    with pytest.raises(FrameTooLarge):
+        w.hear(S)
+    assert w.s.state is State.CLOSED
