@@ -491,6 +491,12 @@ class Session:
                 keep = req.existed  # refused: remove only what this request created
                 raise self._request_error(reply)
             assert isinstance(reply, FileHeader)
+            if reply.path != req.remote or reply.offset not in (0, req.offset):
+                keep = req.existed  # nothing of it was written
+                raise RemoteProtocolError(
+                    f"the server answered the GET of {printable(req.remote)} with "
+                    f"{printable(reply.path)} from byte {reply.offset}"
+                )
             if reply.offset != req.offset:
                 hasher = hashlib.sha256()
             with _local(partial):
