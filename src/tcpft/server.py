@@ -738,6 +738,7 @@ class _Session:
         # into the other buffer.
         pending: asyncio.Future[None] | None = None
         buffers = [bytearray(), bytearray()]
+        last: memoryview | None = None  # the final chunk, written with the commit
         try:
             while True:
                 item = await self._next_payload(buffers)
@@ -750,14 +751,18 @@ class _Session:
                     item = memoryview(item.data)
                 if isinstance(item, memoryview):
                     buffers.reverse()  # the one just filled is being written now
+                    if failed is not None:
+                        continue
+                    rec.bytes += len(item)
+                    if self.conn.remaining == 0:
+                        last = item  # DONE comes next: one worker trip for both
+                        continue
                     # Written in a worker even when small: a write into the page cache
                     # can be held for up to 200 ms while the kernel throttles writers,
                     # which on the loop would stall every client.
-                    if failed is None:
-                        pending = asyncio.ensure_future(
-                            asyncio.to_thread(_write_chunk, upload, item, hasher)
-                        )
-                        rec.bytes += len(item)
+                    pending = asyncio.ensure_future(
+                        asyncio.to_thread(_write_chunk, upload, item, hasher)
+                    )
                     continue
                 msg = item
                 break
@@ -769,24 +774,36 @@ class _Session:
         if failed is not None:
             rec.result = "failed"
         elif isinstance(msg, Done):
-            rec.result = await self._finish_upload(upload, hasher.digest(), msg.sha256)
+            rec.result = await self._finish_upload(upload, last, hasher, msg.sha256)
         else:
             upload.abort(keep=False)
             rec.result = "cancelled"
         if isinstance(msg, Cancel):
             await self._send(Ack(True))
 
-    async def _finish_upload(self, upload: UploadHandle, ours: bytes, theirs: bytes) -> str:
-        if ours != theirs:
-            upload.abort(keep=False)
-            await self._send(Error.of(ErrorCode.DIGEST_MISMATCH, "SHA-256 of the upload differs"))
-            return "digest-mismatch"
+    async def _finish_upload(
+        self, upload: UploadHandle, last: memoryview | None, hasher: Any, theirs: bytes
+    ) -> str:
+        """Write the final chunk, check the digest and commit, in one worker trip."""
+
+        def finish() -> bool:
+            if last is not None:
+                _write_chunk(upload, last, hasher)
+            if hasher.digest() != theirs:
+                return False
+            upload.commit()
+            return True
+
         try:
-            await asyncio.to_thread(upload.commit)
+            committed = await asyncio.to_thread(finish)
         except TcpftError as exc:
             upload.abort(keep=False)
             await self._send(Error.of(exc.code, str(exc)))
             return "failed"
+        if not committed:
+            upload.abort(keep=False)
+            await self._send(Error.of(ErrorCode.DIGEST_MISMATCH, "SHA-256 of the upload differs"))
+            return "digest-mismatch"
         await self._send(Ack(True))
         return "ok"
 

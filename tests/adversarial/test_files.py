@@ -403,3 +403,23 @@ def test_listing_frames_are_well_formed(start_server: StartServer, env: Env) -> 
         assert total == 303
         conn.send(frame(Put("ok.bin", 0, 0)))
         assert isinstance(conn.read_message(), PutReady)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("pieces", [1, 3], ids=["one frame", "three frames"])
+def test_upload_whose_digest_does_not_match_is_refused_and_the_session_goes_on(
+    start_server: StartServer, env: Env, pieces: int
+) -> None:
+    srv = start_server()
+    content = os.urandom(300_000)
+    step = -(-len(content) // pieces)
+    wire = b"".join(frame(Data(content[i : i + step])) for i in range(0, len(content), step))
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Put("bad.bin", len(content), 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        conn.send(wire + frame(Done(hashlib.sha256(content + b"x").digest())))
+        expect_error(conn, ErrorCode.DIGEST_MISMATCH)
+        conn.send(frame(ListRequest()))  # READY again
+        assert "hello.txt" in conn.read_listing()
+    assert not (env.root / "bad.bin").exists()
+    assert not list(env.root.glob(".bad.bin*")), "the refused partial should be removed"
