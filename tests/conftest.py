@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from tcpft.auth import UserStore
@@ -27,6 +28,18 @@ ALICE = ("alice", "alice-password-1")  # may write
 BOB = ("bob", "bob-password-2")  # read-only
 
 _STATE_CACHE: dict[str, Any] = {}
+
+
+def b3(what: bytes | Path) -> str:
+    """The BLAKE3 hex digest of some bytes or of a file (read in pieces), straight from
+    the library: what a protocol 3 transfer reports."""
+    if isinstance(what, bytes):
+        return blake3.blake3(what).hexdigest()
+    hasher = blake3.blake3()
+    with what.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            hasher.update(chunk)
+    return hasher.hexdigest()
 
 
 def _users() -> UserStore:

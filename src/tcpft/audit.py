@@ -4,7 +4,7 @@ Lines go to the ``tcpft.audit`` logger as ``key=value`` pairs with values quoted
 they hold anything unusual, e.g.::
 
     login failed user="bob" addr=203.0.113.7
-    transfer get user=alice addr=127.0.0.1 path="a.iso" bytes=1048576 sha256=ab12.. result=ok
+    transfer get user=alice addr=127.0.0.1 path="a.iso" bytes=1048576 digest=blake3:ab12.. result=ok
 
 A fail2ban filter matches ``login failed .* addr=<HOST>``. With a JSON path set, the
 same events are also appended there as JSON lines.

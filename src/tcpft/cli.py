@@ -23,7 +23,7 @@ exit  meaning
 4     login failed (AuthFailed)
 5     TLS verification failed, fingerprint mismatch (TLSVerifyError)
 6     invalid or unknown name, no file matches (InvalidName)
-7     size or SHA-256 mismatch, file changed meanwhile (IntegrityError)
+7     size or digest mismatch, file changed meanwhile (IntegrityError)
 8     permission denied, e.g. upload by a read-only account (PermissionDenied)
 9     the destination already exists; use --force (AlreadyExists)
 10    protocol error (ProtocolError)

@@ -7,7 +7,7 @@
         s.download("big.iso", "downloads/", resume=True)
 
 Received files are written to ``NAME.tcpft-part`` beside the destination and renamed
-only after the size and SHA-256 match, so a cut or bad transfer never leaves a file
+only after the size and digest match, so a cut or bad transfer never leaves a file
 under the final name. Socket, TLS and OS errors become :mod:`tcpft.errors` here.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import hashlib
 import os
 import select
 import socket
@@ -24,9 +23,8 @@ import stat
 import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from . import __version__
 from .config import DEFAULT_PORT, default_client_dir
@@ -46,7 +44,7 @@ from .errors import (
     error_from_wire,
     is_fatal,
 )
-from .integrity import align_down, scan_prefix
+from .integrity import Algorithm, Hasher, algorithm_for, align_down, new_hasher, scan_prefix
 from .limits import FRAME_HEADER_SIZE, MAX_DATA_PAYLOAD, MAX_GETS_AHEAD
 from .messages import (
     MIN_PROTOCOL_VERSION,
@@ -98,8 +96,14 @@ class TransferResult:
     size: int
     transferred: int  # bytes that crossed the network
     resumed_from: int
-    sha256: str
+    digest: str  # hex, verified by both sides
+    algorithm: Algorithm  # of ``digest``: "blake3" (protocol 3), or "sha256" with older servers
     seconds: float
+
+    @property
+    def checksum(self) -> str:
+        """The digest as shown to people and scripts, e.g. ``blake3:af13...``."""
+        return f"{self.algorithm}:{self.digest}"
 
 
 Results = list[TransferResult]
@@ -125,7 +129,7 @@ class _Request:
     progress: Progress | None
     offset: int = 0
     digest: bytes = b""
-    hasher: Any = field(default_factory=hashlib.sha256)
+    hasher: Hasher | None = None  # None only in a failed request
     error: TcpftError | None = None
 
     @classmethod
@@ -249,6 +253,8 @@ class Session:
         self.user = ""
         self.can_write = False
         self.server_software = ""
+        #: The digest algorithm of this session, set by the protocol version at login.
+        self.algorithm: Algorithm = "sha256"
         self.listing: Entries = []
         self._pacer = Pacer(limit_rate) if limit_rate else None
         self._view = memoryview(bytearray(_RECV_SIZE))
@@ -310,6 +316,7 @@ class Session:
         if not MIN_PROTOCOL_VERSION <= welcome.version <= PROTOCOL_VERSION:
             raise UnsupportedVersion(f"server chose protocol version {welcome.version}")
         self.server_software = printable(welcome.software)
+        self.algorithm = algorithm_for(welcome.version)
         self._send(Login(user, password))
         ok = self._next()
         assert isinstance(ok, LoginOk)
@@ -346,7 +353,7 @@ class Session:
             InvalidName: the server cannot serve that name (``exc.listing`` holds the
                 listing it sent again).
             AlreadyExists: the destination exists and ``force`` is False.
-            IntegrityError: size or SHA-256 mismatch (FileChanged: changed on the server).
+            IntegrityError: size or digest mismatch (FileChanged: changed on the server).
             LocalFileError: the destination cannot be written.
             ConnectError: the connection failed; the partial file stays for a resume.
         """
@@ -463,13 +470,16 @@ class Session:
         existed = os.path.lexists(partial)
         with _local(partial):
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        req = _Request(remote, target, partial, fd, existed, force, progress)
+        req = _Request(
+            remote, target, partial, fd, existed, force, progress,
+            hasher=new_hasher(self.algorithm),
+        )  # fmt: skip
         try:
             if resume:
                 with _local(partial):
                     aligned = align_down(os.fstat(fd).st_size)
                     if aligned:
-                        scan = scan_prefix(fd, aligned)
+                        scan = scan_prefix(fd, aligned, self.algorithm)
                         req.offset, req.digest, req.hasher = aligned, scan.digest, scan.whole
             self._send(Get(remote, req.offset, req.digest))
         except BaseException:
@@ -483,6 +493,7 @@ class Session:
             raise req.error
         started = time.monotonic()
         fd, partial, target, hasher = req.fd, req.partial, req.target, req.hasher
+        assert hasher is not None
         # The partial file is kept for a resume unless its content is known to be bad.
         keep: bool | None = True
         try:
@@ -498,7 +509,7 @@ class Session:
                     f"{printable(reply.path)} from byte {reply.offset}"
                 )
             if reply.offset != req.offset:
-                hasher = hashlib.sha256()
+                hasher = new_hasher(self.algorithm)
             with _local(partial):
                 # Only when needed: ext4 flushes a file truncated to zero when it is closed.
                 if os.fstat(fd).st_size != reply.offset:
@@ -520,11 +531,12 @@ class Session:
                 keep = not _spoils_partial(done.code)
                 raise error_from_wire(done.code, done.text)
             assert isinstance(done, Done)
-            if hasher.digest() != done.sha256:
+            if hasher.digest() != done.digest:
                 keep = False
                 self._send(Ack(False))
                 raise IntegrityError(
-                    f"SHA-256 of {printable(req.remote)} does not match; discarded"
+                    f"the {self.algorithm} digest of {printable(req.remote)} does not match; "
+                    "discarded"
                 )
             with _local(target):
                 os.fchmod(fd, self._file_mode)  # private while partial, then as usual
@@ -534,7 +546,7 @@ class Session:
             self._send(Ack(True))
             return TransferResult(
                 req.remote, target, reply.size, pos - reply.offset, reply.offset,
-                done.sha256.hex(), time.monotonic() - started,
+                done.digest.hex(), self.algorithm, time.monotonic() - started,
             )  # fmt: skip
         finally:
             req.fd = -1
@@ -764,10 +776,10 @@ class Session:
         self._send(Put(remote, st.st_size, st.st_mtime_ns, force, resume))
         ready = self._next()
         assert isinstance(ready, PutReady)
-        hasher: Any = hashlib.sha256()
+        hasher = new_hasher(self.algorithm)
         if ready.offset:
             with _local(path):
-                scan = scan_prefix(fd, ready.offset)
+                scan = scan_prefix(fd, ready.offset, self.algorithm)
             if scan.digest != ready.prefix_digest:
                 self._cancel()
                 return self._upload_fd(fd, path, remote, st, force, False, progress, started)
@@ -783,11 +795,11 @@ class Session:
         assert isinstance(ack, Ack)
         return TransferResult(
             remote, path, st.st_size, pos - ready.offset, ready.offset, digest.hex(),
-            time.monotonic() - started,
+            self.algorithm, time.monotonic() - started,
         )  # fmt: skip
 
     def _send_file(
-        self, fd: int, path: Path, start: int, size: int, hasher: Any, progress: Progress | None
+        self, fd: int, path: Path, start: int, size: int, hasher: Hasher, progress: Progress | None
     ) -> int:
         pos = start
         if progress:

@@ -31,7 +31,7 @@ Each class also names the exit status the command line uses for it.
     │   ├── TooLarge               over the upload size limit                exit 11
     │   ├── NoSpace                the server's disk cannot take it          exit 11
     │   └── RemoteIOError          the server could not read or write it     exit 11
-    ├── IntegrityError             size or SHA-256 does not match            exit 7
+    ├── IntegrityError             size or digest does not match             exit 7
     │   └── FileChanged            the file changed during the transfer      exit 7
     ├── LocalFileError             our own disk failed us (full, unwritable) exit 11
     └── InternalError              the server failed (its logs say why)      exit 1
@@ -238,7 +238,7 @@ class NoSpace(RemoteFileError):
 
 
 class IntegrityError(TcpftError):
-    """The received data does not match the announced size or SHA-256."""
+    """The received data does not match the announced size or digest."""
 
     code = ErrorCode.DIGEST_MISMATCH
     exit_code = 7

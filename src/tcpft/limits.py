@@ -40,7 +40,7 @@ MAX_SOFTWARE_BYTES = 128
 #: Block size of the resume prefix digest (docs/PROTOCOL.md, "Resume").
 RESUME_BLOCK_SIZE = 4 * 1024 * 1024
 
-#: Bytes in a SHA-256 digest.
+#: Bytes in a digest (SHA-256 or BLAKE3: both 32).
 DIGEST_SIZE = 32
 
 #: Most GETs a client may send ahead of the one in progress (protocol version 2).

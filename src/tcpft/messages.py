@@ -1,7 +1,8 @@
 """The messages of the protocol: one frozen dataclass per frame type.
 
-Versions 1 and 2 have the same frames; version 2 only lets the client pipeline GETs
-(see :mod:`tcpft.protocol`).
+Versions 1, 2 and 3 have the same frames: version 2 lets the client pipeline GETs
+(see :mod:`tcpft.protocol`), and version 3 makes every digest BLAKE3 in place of
+SHA-256 (see :mod:`tcpft.integrity`).
 
 Field encodings (all integers big-endian, see docs/PROTOCOL.md "Field types"):
 
@@ -25,7 +26,7 @@ from .limits import DIGEST_SIZE, MAX_ERROR_TEXT_BYTES, MAX_SOFTWARE_BYTES
 
 MAGIC = b"TCPF"
 #: The highest protocol version this code speaks, and the lowest.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MIN_PROTOCOL_VERSION = 1
 
 _U8 = struct.Struct("!B")
@@ -406,13 +407,16 @@ class Data(Message):
 
 @dataclass(frozen=True, slots=True)
 class Done(Message):
-    """Either direction: end of a file's DATA, with the SHA-256 of the whole file."""
+    """Either direction: end of a file's DATA, with the digest of the whole file.
+
+    The digest is BLAKE3 from protocol version 3, SHA-256 before.
+    """
 
     TYPE: ClassVar[int] = 0x0B
-    sha256: bytes
+    digest: bytes
 
     def _write(self, w: _Writer) -> None:
-        w.fixed(self.sha256, DIGEST_SIZE)
+        w.fixed(self.digest, DIGEST_SIZE)
 
     @classmethod
     def _read(cls, r: _Reader) -> Done:

@@ -84,7 +84,7 @@ def human_size(n: float) -> str:
 
 def summary_line(verb: str, name: str, result: TransferResult) -> str:
     """The line printed after a transfer, e.g.
-    ``received a.iso: 1.2 MiB in 0.35 s (3.4 MiB/s), sha256 verified``.
+    ``received a.iso: 1.2 MiB in 0.35 s (3.4 MiB/s), blake3 verified``.
 
     ``verb`` is ``received`` or ``sent``; ``name`` is made printable here.
     """
@@ -93,7 +93,7 @@ def summary_line(verb: str, name: str, result: TransferResult) -> str:
     resumed = f", resumed at {human_size(result.resumed_from)}" if result.resumed_from else ""
     return (
         f"{verb} {printable(name)}: {human_size(result.size)} in {result.seconds:.2f} s "
-        f"({rate}/s{resumed}), sha256 verified"
+        f"({rate}/s{resumed}), {result.algorithm} verified"
     )
 
 
@@ -326,7 +326,7 @@ class JsonReporter(Reporter):
             local=str(result.local),
             size=result.size,
             bytes_transferred=result.transferred,
-            sha256=result.sha256,
+            digest=result.checksum,
             seconds=round(result.seconds, 6),
         )
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import ssl
@@ -36,7 +35,17 @@ from .errors import (
     TimeoutExpired,
     error_from_wire,
 )
-from .integrity import HashCache, align_down, prefix_digest, scan_prefix
+from .integrity import (
+    Algorithm,
+    HashCache,
+    Hasher,
+    algorithm_for,
+    align_down,
+    labelled,
+    new_hasher,
+    prefix_digest,
+    scan_prefix,
+)
 from .limits import (
     FRAME_HEADER_SIZE,
     MAX_DATA_PAYLOAD,
@@ -99,7 +108,7 @@ class _Transfer:
     """What the audit line of one transfer says."""
 
     bytes: int = 0
-    sha256: str = ""
+    digest: str = ""  # "blake3:<hex>"
     result: str | None = None  # None until the transfer reached an outcome
 
 
@@ -287,6 +296,11 @@ class _Session:
         self.logged_in = False  # counted out of the pre-login connections
         self.busy = False
         self.pacer = Pacer(self.cfg.limit_rate) if self.cfg.limit_rate else None
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The digest algorithm of this session (set by the version in WELCOME)."""
+        return algorithm_for(self.conn.version)
 
     # --- I/O helpers ---------------------------------------------------------------
 
@@ -501,7 +515,7 @@ class _Session:
             user = self.user.name if self.user else ""
             self.server.audit.event(
                 kind, user=user, addr=self.addr, path=path, bytes=rec.bytes,
-                sha256=rec.sha256, result=rec.result or "broken",
+                digest=rec.digest, result=rec.result or "broken",
             )  # fmt: skip
 
     async def _download(self, req: Get) -> None:
@@ -518,18 +532,18 @@ class _Session:
             await self._send_listing(ListRequest())
             return
         with handle:
-            ident = handle.identity
-            sha = server.hashes.sha256(ident)
-            hasher: Any = None if sha else hashlib.sha256()
+            ident, algorithm = handle.identity, self.algorithm
+            sha = server.hashes.digest(ident, algorithm)
+            hasher = None if sha else new_hasher(algorithm)
             start = 0
             if req.offset and req.offset % RESUME_BLOCK_SIZE == 0 and req.offset <= handle.size:
-                blocks = server.hashes.blocks(ident, req.offset // RESUME_BLOCK_SIZE)
+                blocks = server.hashes.blocks(ident, algorithm, req.offset // RESUME_BLOCK_SIZE)
                 scan = None
                 if blocks is None or sha is None:
-                    scan = await asyncio.to_thread(scan_prefix, handle.fd, req.offset)
-                    server.hashes.put_blocks(ident, scan.blocks)
+                    scan = await asyncio.to_thread(scan_prefix, handle.fd, req.offset, algorithm)
+                    server.hashes.put_blocks(ident, algorithm, scan.blocks)
                     blocks = scan.blocks
-                if prefix_digest(blocks) == req.prefix_digest:
+                if prefix_digest(blocks, algorithm) == req.prefix_digest:
                     start = req.offset
                     if scan is not None and sha is None:
                         hasher = scan.whole
@@ -544,7 +558,7 @@ class _Session:
             rec.result = "ok" if isinstance(ack, Ack) and ack.ok else "rejected"
 
     async def _send_large(
-        self, handle: ReadHandle, header: FileHeader, hasher: Any, sha: bytes | None,
+        self, handle: ReadHandle, header: FileHeader, hasher: Hasher | None, sha: bytes | None,
         rec: _Transfer,
     ) -> bool:  # fmt: skip
         """FILE, the DATA frames, DONE; False when an ERROR ended the transfer instead."""
@@ -558,11 +572,11 @@ class _Session:
         if rec.bytes < handle.size - start or handle.changed():
             await self._file_changed(rec)
             return False
-        await self._send(self._done(handle, sha or hasher.digest(), rec))
+        await self._send(self._done(handle, _final(sha, hasher), rec))
         return True
 
     async def _send_small(
-        self, handle: ReadHandle, header: FileHeader, hasher: Any, sha: bytes | None,
+        self, handle: ReadHandle, header: FileHeader, hasher: Hasher | None, sha: bytes | None,
         rec: _Transfer,
     ) -> bool:  # fmt: skip
         """A file whose rest fits in one DATA frame: FILE, DATA and DONE in one write.
@@ -589,7 +603,7 @@ class _Session:
             await self._send(header)
             await self._file_changed(rec)
             return False
-        done = self._done(handle, sha or hasher.digest(), rec)
+        done = self._done(handle, _final(sha, hasher), rec)
         frames: list[bytes | bytearray] = [self.conn.send(header)]
         if n:  # an empty file has no DATA
             frames += [self.conn.send_data_header(n), block]
@@ -599,8 +613,8 @@ class _Session:
         return True
 
     def _done(self, handle: ReadHandle, digest: bytes, rec: _Transfer) -> Done:
-        self.server.hashes.put_sha256(handle.identity, digest)
-        rec.sha256 = digest.hex()
+        self.server.hashes.put_digest(handle.identity, self.algorithm, digest)
+        rec.digest = labelled(self.algorithm, digest)
         return Done(digest)
 
     async def _read_failed(self, header: FileHeader, rec: _Transfer, why: str) -> None:
@@ -613,7 +627,7 @@ class _Session:
         await self._send(Error.of(ErrorCode.FILE_CHANGED, str(FileChanged())))
 
     async def _stream_file(
-        self, fd: int, start: int, size: int, hasher: Any, rec: _Transfer
+        self, fd: int, start: int, size: int, hasher: Hasher | None, rec: _Transfer
     ) -> None:
         """Send ``[start, size)`` of ``fd`` as DATA frames, counting into ``rec.bytes``."""
         if hasher is None and self.server.ssl_context is None and self.pacer is None:
@@ -639,13 +653,13 @@ class _Session:
                 pending.add_done_callback(_retrieve)
 
     def _read_ahead(
-        self, fd: int, pos: int, size: int, hasher: Any
+        self, fd: int, pos: int, size: int, hasher: Hasher | None
     ) -> asyncio.Future[bytes] | None:
         """Start reading the block at ``pos`` (in a worker when it must be hashed too)."""
         if pos >= size:
             return None
         n = min(_READ_BLOCK, size - pos)
-        if hasher is not None:  # off the event loop: hashlib releases the GIL
+        if hasher is not None:  # off the event loop: the hasher releases the GIL
             return asyncio.ensure_future(asyncio.to_thread(_read_chunk, fd, n, pos, hasher))
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         try:  # a page-cache read: cheaper than a thread hop
@@ -721,13 +735,13 @@ class _Session:
 
     async def _receive_upload(self, req: Put, upload: UploadHandle, rec: _Transfer) -> None:
         """Run the upload until it is committed or discarded (``rec.result`` set)."""
-        offset, digest, hasher = 0, b"", hashlib.sha256()
+        offset, digest, hasher = 0, b"", new_hasher(self.algorithm)
         if req.resume and upload.offset:
             aligned = align_down(min(upload.offset, req.size))
             if aligned:
                 fd = upload.open_partial_for_read()
                 try:
-                    scan = await asyncio.to_thread(scan_prefix, fd, aligned)
+                    scan = await asyncio.to_thread(scan_prefix, fd, aligned, self.algorithm)
                 finally:
                     os.close(fd)
                 offset, digest, hasher = aligned, scan.digest, scan.whole
@@ -770,11 +784,11 @@ class _Session:
             if pending is not None and not pending.done():
                 pending.add_done_callback(_retrieve)  # the handle's close waits for it
         if isinstance(msg, Done):
-            rec.sha256 = msg.sha256.hex()
+            rec.digest = labelled(self.algorithm, msg.digest)
         if failed is not None:
             rec.result = "failed"
         elif isinstance(msg, Done):
-            rec.result = await self._finish_upload(upload, last, hasher, msg.sha256)
+            rec.result = await self._finish_upload(upload, last, hasher, msg.digest)
         else:
             upload.abort(keep=False)
             rec.result = "cancelled"
@@ -782,7 +796,7 @@ class _Session:
             await self._send(Ack(True))
 
     async def _finish_upload(
-        self, upload: UploadHandle, last: memoryview | None, hasher: Any, theirs: bytes
+        self, upload: UploadHandle, last: memoryview | None, hasher: Hasher, theirs: bytes
     ) -> str:
         """Write the final chunk, check the digest and commit, in one worker trip."""
 
@@ -802,7 +816,7 @@ class _Session:
             return "failed"
         if not committed:
             upload.abort(keep=False)
-            await self._send(Error.of(ErrorCode.DIGEST_MISMATCH, "SHA-256 of the upload differs"))
+            await self._send(Error.of(ErrorCode.DIGEST_MISMATCH, "the upload's digest differs"))
             return "digest-mismatch"
         await self._send(Ack(True))
         return "ok"
@@ -820,8 +834,16 @@ def _read_cached(fd: int, n: int, pos: int) -> bytearray | None:
     return buf if got == n else None
 
 
-def _read_chunk(fd: int, n: int, pos: int, hasher: Any) -> bytes:
-    """Read and hash one chunk (in a worker thread: hashlib releases the GIL)."""
+def _final(cached: bytes | None, hasher: Hasher | None) -> bytes:
+    """The whole-file digest: the cached one, or else the one just computed."""
+    if cached is not None:
+        return cached
+    assert hasher is not None
+    return hasher.digest()
+
+
+def _read_chunk(fd: int, n: int, pos: int, hasher: Hasher | None) -> bytes:
+    """Read and hash one chunk (in a worker thread: both hashers release the GIL)."""
     chunk = os.pread(fd, n, pos)
     if hasher is not None:
         hasher.update(chunk)
@@ -845,6 +867,6 @@ def _retrieve(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _write_chunk(upload: UploadHandle, data: memoryview, hasher: Any) -> None:
+def _write_chunk(upload: UploadHandle, data: memoryview, hasher: Hasher) -> None:
     upload.write(data)
     hasher.update(data)

@@ -2,7 +2,7 @@
 
 A driver asks the sink for a buffer, receives a DATA payload straight into it, and
 submits it. :class:`ThreadSink` writes and hashes in a worker thread while the next
-payload arrives (os.write and hashlib both release the GIL, so this uses a second
+payload arrives (os.write and the hashers release the GIL, so this uses a second
 core); a few reused buffers bound its memory and spare the allocator. :class:`InlineSink`
 does the same work at once, for small files where a thread costs more than it saves.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Any
 
+from .integrity import Hasher
 from .limits import MAX_DATA_PAYLOAD
 
 
@@ -25,7 +25,7 @@ def _write_all(fd: int, view: memoryview) -> None:
 class InlineSink:
     """Writes and hashes each chunk as it is submitted."""
 
-    def __init__(self, fd: int, hasher: Any, buf: bytearray | None = None) -> None:
+    def __init__(self, fd: int, hasher: Hasher, buf: bytearray | None = None) -> None:
         self.fd = fd
         self.hasher = hasher
         self._buf = buf if buf is not None else bytearray(MAX_DATA_PAYLOAD)
@@ -51,7 +51,7 @@ class InlineSink:
 class ThreadSink:
     """Writes and hashes chunks in order in a worker thread, overlapping the network."""
 
-    def __init__(self, fd: int, hasher: Any, buffers: int = 3) -> None:
+    def __init__(self, fd: int, hasher: Hasher, buffers: int = 3) -> None:
         self.fd = fd
         self.hasher = hasher
         self._free: queue.Queue[bytearray] = queue.Queue()

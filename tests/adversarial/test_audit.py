@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -18,7 +17,7 @@ import pytest
 from tcpft.client import Session
 from tcpft.errors import AuthFailed, ConnectError, InvalidName
 
-from ..conftest import ALICE, BOB, Env, ServerThread
+from ..conftest import ALICE, BOB, Env, ServerThread, b3
 from .rawclient import reset_socket
 
 StartServer = Callable[..., ServerThread]
@@ -93,19 +92,19 @@ def test_audit_lines_for_logins_and_transfers(
     gets = [_fields(line) for line in lines if line.startswith("transfer get")]
     good = [f for f in gets if f.get("result") == "ok"]
     assert len(good) == 1, gets
-    sha = hashlib.sha256(b"hello, world\n").hexdigest()
+    digest = "blake3:" + b3(b"hello, world\n")
     assert good[0] == {
         "user": "alice", "addr": "127.0.0.1", "path": "hello.txt", "bytes": "13",
-        "sha256": sha, "result": "ok",
+        "digest": digest, "result": "ok",
     }  # fmt: skip
-    assert got.sha256 == sha
+    assert got.checksum == digest
     assert any(f.get("path") == "no-such-file" and f["result"] != "ok" for f in gets), gets
 
     puts = [_fields(line) for line in lines if line.startswith("transfer put")]
     assert puts == [
         {
             "user": "alice", "addr": "127.0.0.1", "path": "up.bin", "bytes": "100000",
-            "sha256": put.sha256, "result": "ok",
+            "digest": put.checksum, "result": "ok",
         }
     ]  # fmt: skip
 
@@ -117,7 +116,7 @@ def test_audit_lines_for_logins_and_transfers(
     for r in records:
         assert isinstance(r["time"], float) and r["addr"] == "127.0.0.1"
     put_record = next(r for r in records if r["event"] == "transfer put")
-    assert put_record["bytes"] == 100_000 and put_record["sha256"] == put.sha256
+    assert put_record["bytes"] == 100_000 and put_record["digest"] == put.checksum
     assert any(r.get("user") == INJECTED_USER for r in records)  # kept intact, as data
 
 

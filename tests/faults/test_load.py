@@ -10,7 +10,6 @@ get back to zero connections, and this process must not leak descriptors.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import threading
 import time
@@ -23,7 +22,7 @@ import pytest
 from tcpft.client import Session
 
 from ..adversarial.rawclient import RawConn, client_hello
-from ..conftest import Env, ServerThread
+from ..conftest import Env, ServerThread, b3
 
 StartServer = Callable[..., ServerThread]
 
@@ -45,7 +44,7 @@ def test_two_hundred_connections_half_hostile(
 ) -> None:
     content = os.urandom(2 * MIB)
     (env.root / "two.bin").write_bytes(content)
-    want = hashlib.sha256(content).hexdigest()
+    want = b3(content)
     srv = start_server(
         max_connections=300,
         max_unauthenticated=250,
@@ -98,8 +97,8 @@ def test_two_hundred_connections_half_hostile(
                 result = s.download("two.bin", target)
                 for entry in s.list():
                     assert entry.path
-            assert hashlib.sha256(target.read_bytes()).hexdigest() == want
-            return result.sha256
+            assert b3(target) == want
+            return result.digest
 
         with ThreadPoolExecutor(DOWNLOADERS) as pool:
             futures = [pool.submit(download, i) for i in range(DOWNLOADERS)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import queue
@@ -27,7 +26,7 @@ import pytest
 
 from tcpft.cli import _target
 
-from ..conftest import ALICE, BOB, Env, ServerThread
+from ..conftest import ALICE, BOB, Env, ServerThread, b3
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -129,7 +128,7 @@ def test_get_file_is_byte_identical(server: ServerThread, env: Env) -> None:
     assert r.returncode == 0, r.stderr
     assert (env.client / "data.bin").read_bytes() == (env.root / "data.bin").read_bytes()
     assert re.search(
-        r"received data\.bin: 3\.0 MiB in [\d.]+ s \(.+/s\), sha256 verified", r.stderr
+        r"received data\.bin: 3\.0 MiB in [\d.]+ s \(.+/s\), blake3 verified", r.stderr
     )
     assert not list(env.client.glob("*.tcpft-part"))
 
@@ -204,7 +203,7 @@ def test_get_json_events(server: ServerThread, env: Env) -> None:
     assert events[0] == {"event": "start", "path": "data.bin", "size": size, "offset": 0}
     done = events[-2]
     assert done["size"] == done["bytes_transferred"] == size
-    assert done["sha256"] == hashlib.sha256((env.root / "data.bin").read_bytes()).hexdigest()
+    assert done["digest"] == "blake3:" + b3(env.root / "data.bin")
     assert Path(env.client, done["local"]).resolve() == (env.client / "data.bin").resolve()
     assert events[-1]["path"] == "nope" and events[-1]["code"] == 6
 

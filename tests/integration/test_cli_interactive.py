@@ -75,7 +75,7 @@ def test_founding_sequence(client: pexpect.spawn, server: ServerThread, env: Env
     client.expect(FILE_PROMPT)
 
     client.sendline("data.bin")
-    client.expect(r"received data\.bin: 3\.0 MiB in [\d.]+ s \([^)]+/s\), sha256 verified")
+    client.expect(r"received data\.bin: 3\.0 MiB in [\d.]+ s \([^)]+/s\), blake3 verified")
     client.expect(pexpect.EOF)
     client.close()
     assert client.exitstatus == 0
@@ -126,7 +126,7 @@ def test_partial_file_is_resumed(client: pexpect.spawn, env: Env) -> None:
     client.sendline("big.bin")
     client.expect(r"resume\? \[Y/n\] ")
     client.sendline("")
-    client.expect(r"received big\.bin: 9\.0 MiB in .*resumed at 4\.0 MiB\), sha256 verified")
+    client.expect(r"received big\.bin: 9\.0 MiB in .*resumed at 4\.0 MiB\), blake3 verified")
     client.expect(pexpect.EOF)
     client.close()
     assert client.exitstatus == 0

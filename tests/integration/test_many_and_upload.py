@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import socket
 import threading
@@ -35,14 +34,10 @@ from tcpft.messages import (
 )
 from tcpft.protocol import NEED_DATA, Connection, Role
 
-from ..conftest import ALICE, BOB, Env, ServerThread
+from ..conftest import ALICE, BOB, Env, ServerThread, b3
 
 Login_ = Callable[..., Session]
 MiB = 1024 * 1024
-
-
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def test_many_requests_in_one_session(env: Env, server: ServerThread, login: Login_) -> None:
@@ -100,7 +95,7 @@ def test_upload_then_no_overwrite_without_force(
     local.write_bytes(os.urandom(2 * MiB + 5))
     with login(server) as s:
         r = s.upload(local, "incoming/up.bin")
-        assert r.sha256 == _sha(local)
+        assert r.digest == b3(local)
         with pytest.raises(AlreadyExists):
             s.upload(local, "incoming/up.bin")
         local.write_bytes(b"new content")
@@ -153,9 +148,9 @@ def test_upload_cut_then_resumed_is_byte_identical(
         threading.Event().wait(0.05)
     with login(srv) as s2:
         r = s2.upload(local, resume=True)
-    assert r.resumed_from == 8 * MiB
+    assert r.resumed_from == 8 * MiB  # the BLAKE3 prefix digests (version 3) agreed
     assert r.transferred == 12 * MiB
-    assert _sha(env.root / "cut.bin") == _sha(local)
+    assert r.algorithm == "blake3" and r.digest == b3(local) == b3(env.root / "cut.bin")
     assert not any(p.name.endswith(".tcpft-part") for p in env.root.iterdir())
 
 
@@ -166,7 +161,7 @@ def test_server_caches_hashes_of_unchanged_files(
         first = s.download("data.bin", env.client / "1")
         assert server.call(lambda: len(server.server.hashes)) == 1
         second = s.download("data.bin", env.client / "2")
-    assert first.sha256 == second.sha256 == _sha(env.root / "data.bin")
+    assert first.digest == second.digest == b3(env.root / "data.bin")
 
 
 def test_digests_are_kept_across_a_restart(
@@ -182,13 +177,13 @@ def test_digests_are_kept_across_a_restart(
 
     def cached() -> bytes | None:
         with again.server.storage.open_read("data.bin") as handle:
-            return again.server.hashes.sha256(handle.identity)
+            return again.server.hashes.digest(handle.identity, "blake3")
 
-    assert again.call(cached) == hashlib.sha256((env.root / "data.bin").read_bytes()).digest()
+    assert again.call(cached) == bytes.fromhex(b3(env.root / "data.bin"))
     os.utime(env.root / "data.bin")  # a new mtime and ctime: the saved digest is not used
     assert again.call(cached) is None
     with login(again) as s:
-        assert s.download("data.bin", env.client / "2").sha256 == _sha(env.root / "data.bin")
+        assert s.download("data.bin", env.client / "2").digest == b3(env.root / "data.bin")
 
 
 # --- a malicious server ------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Pipelined downloads (protocol version 2) against a real server over TLS."""
+"""Pipelined downloads (protocol version 2 and later) against a real server over TLS."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_many_files_arrive_in_order_and_intact(
 ) -> None:
     names = [*_files(env, 300), "data.bin", "hello.txt"]
     with login(server) as s:
-        assert s.conn.version == 2
+        assert s.conn.version == 3 and s.algorithm == "blake3"
         outcomes = list(s.download_many((n, env.client / n.replace("/", "_")) for n in names))
         assert s.conn.state is State.READY
     assert [r for r, _ in outcomes] == names

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import threading
 from collections.abc import Callable
@@ -24,17 +23,9 @@ from tcpft.errors import (
 from tcpft.protocol import State
 from tcpft.tls import KnownHosts
 
-from ..conftest import ALICE, Env, ServerThread
+from ..conftest import ALICE, Env, ServerThread, b3
 
 Login = Callable[..., Session]
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_random(path: Path, size: int) -> None:
@@ -53,7 +44,7 @@ def test_200_mb_file_arrives_byte_identical(env: Env, server: ServerThread, logi
     with login(server) as s:
         result = s.download("big.bin", env.client)
     assert result.size == 200 * 1024 * 1024 + 7
-    assert result.sha256 == _sha(env.root / "big.bin") == _sha(env.client / "big.bin")
+    assert result.digest == b3(env.root / "big.bin") == b3(env.client / "big.bin")
     assert not (env.client / "big.bin.tcpft-part").exists()
 
 
@@ -82,7 +73,7 @@ def test_modification_time_is_kept(env: Env, server: ServerThread, login: Login)
 
 @pytest.mark.timeout(60)
 def test_twenty_clients_at_once(env: Env, server: ServerThread, login: Login) -> None:
-    expected = _sha(env.root / "data.bin")
+    expected = b3(env.root / "data.bin")
     errors: list[BaseException] = []
 
     def one(i: int) -> None:
@@ -91,7 +82,7 @@ def test_twenty_clients_at_once(env: Env, server: ServerThread, login: Login) ->
             dest.mkdir()
             with login(server) as s:
                 r = s.download("data.bin", dest)
-            assert r.sha256 == expected == _sha(dest / "data.bin")
+            assert r.digest == expected == b3(dest / "data.bin")
         except BaseException as exc:
             errors.append(exc)
 
@@ -101,7 +92,7 @@ def test_twenty_clients_at_once(env: Env, server: ServerThread, login: Login) ->
     for t in threads:
         t.join(50)
     assert not errors, errors
-    assert all(_sha(env.client / str(i) / "data.bin") == expected for i in range(20))
+    assert all(b3(env.client / str(i) / "data.bin") == expected for i in range(20))
 
 
 def test_existing_file_is_not_overwritten_without_force(
@@ -137,7 +128,7 @@ def test_cut_connection_leaves_no_file_under_the_final_name_then_resumes(
         result = s2.download("cut.bin", env.client, resume=True)
     assert result.resumed_from == 8 * 1024 * 1024
     assert result.transferred == 12 * 1024 * 1024
-    assert _sha(env.client / "cut.bin") == _sha(env.root / "cut.bin")
+    assert b3(env.client / "cut.bin") == b3(env.root / "cut.bin")
     assert not partial.exists()
 
 
@@ -152,7 +143,7 @@ def test_sizes_around_the_one_write_path(
             result = s.download("s.bin", env.client, force=True)
             assert result.size == result.transferred == size
             assert (env.client / "s.bin").read_bytes() == (env.root / "s.bin").read_bytes()
-            assert result.sha256 == _sha(env.root / "s.bin")
+            assert result.digest == b3(env.root / "s.bin")
 
 
 def test_downloaded_file_gets_the_usual_mode(env: Env, server: ServerThread, login: Login) -> None:
@@ -184,7 +175,7 @@ def test_resume_of_a_changed_file_starts_over(env: Env, server: ServerThread, lo
         result = s.download("v.bin", env.client, resume=True)
     assert result.resumed_from == 0
     assert result.transferred == 9 * 1024 * 1024
-    assert _sha(env.client / "v.bin") == _sha(env.root / "v.bin")
+    assert b3(env.client / "v.bin") == b3(env.root / "v.bin")
 
 
 def test_changed_server_fingerprint_is_refused(
@@ -271,7 +262,7 @@ def test_plaintext_repeat_download_uses_the_cached_digest(
         first = s.download("data.bin", env.client / "1")
         assert plain.call(lambda: len(plain.server.hashes)) == 1
         second = s.download("data.bin", env.client / "2")  # sent with os.sendfile
-    assert first.sha256 == second.sha256 == _sha(env.root / "data.bin")
+    assert first.digest == second.digest == b3(env.root / "data.bin")
     assert (env.client / "2").read_bytes() == (env.root / "data.bin").read_bytes()
 
 

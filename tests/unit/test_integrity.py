@@ -1,4 +1,5 @@
-"""Digests: the resume prefix digest over real files, align_down, and the hash cache."""
+"""Digests: the algorithms, the resume prefix digest over real files, align_down, and
+the hash cache."""
 
 from __future__ import annotations
 
@@ -8,19 +9,34 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import blake3
 import pytest
 
 from tcpft.integrity import (
+    BLAKE3,
+    SHA256,
+    Algorithm,
     HashCache,
     Identity,
     PrefixScan,
+    algorithm_for,
     align_down,
+    labelled,
+    new_hasher,
     prefix_digest,
     scan_prefix,
 )
-from tcpft.limits import RESUME_BLOCK_SIZE
+from tcpft.limits import DIGEST_SIZE, RESUME_BLOCK_SIZE
 
 BS = RESUME_BLOCK_SIZE
+ALGORITHMS: list[Algorithm] = [SHA256, BLAKE3]
+
+
+def ref(algorithm: Algorithm, data: bytes) -> bytes:
+    """The digest straight from the libraries, to check ours against."""
+    if algorithm == BLAKE3:
+        return blake3.blake3(data).digest()
+    return hashlib.sha256(data).digest()
 
 
 @pytest.fixture(scope="module")
@@ -44,41 +60,79 @@ def test_block_size_is_4_mib() -> None:
     assert BS == 4 * 1024 * 1024
 
 
-def test_prefix_digest_definition_on_a_real_file(fd: int, content: bytes) -> None:
-    scan = scan_prefix(fd, 2 * BS)
-    b0 = hashlib.sha256(content[:BS]).digest()
-    b1 = hashlib.sha256(content[BS : 2 * BS]).digest()
+@pytest.mark.parametrize(("version", "algorithm"), [(1, SHA256), (2, SHA256), (3, BLAKE3)])
+def test_the_protocol_version_picks_the_algorithm(version: int, algorithm: str) -> None:
+    assert algorithm_for(version) == algorithm
+
+
+def test_known_answers() -> None:
+    # BLAKE3 of the empty input, from the BLAKE3 specification's test vectors.
+    blake3_empty = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    assert new_hasher(BLAKE3).digest().hex() == blake3_empty
+    sha256_abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    hasher = new_hasher(SHA256)
+    hasher.update(b"abc")
+    assert hasher.digest().hex() == sha256_abc
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_hashers_take_every_buffer_type(algorithm: Algorithm) -> None:
+    hasher = new_hasher(algorithm)
+    for piece in (b"ab", bytearray(b"cd"), memoryview(b"xefx")[1:3]):
+        hasher.update(piece)
+    assert hasher.digest() == ref(algorithm, b"abcdef")
+    assert len(hasher.digest()) == DIGEST_SIZE
+
+
+def test_labelled() -> None:
+    assert labelled(BLAKE3, b"\xab\x01") == "blake3:ab01"
+    assert labelled(SHA256, b"\xff") == "sha256:ff"
+    assert labelled(BLAKE3, b"") == ""
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_prefix_digest_definition_on_a_real_file(
+    fd: int, content: bytes, algorithm: Algorithm
+) -> None:
+    scan = scan_prefix(fd, 2 * BS, algorithm)
+    b0 = ref(algorithm, content[:BS])
+    b1 = ref(algorithm, content[BS : 2 * BS])
     assert scan.blocks == [b0, b1]
-    assert scan.digest == hashlib.sha256(b0 + b1).digest()
-    assert scan.digest == prefix_digest([b0, b1])
-    # It is not the plain SHA-256 of the prefix.
-    assert scan.digest != hashlib.sha256(content[: 2 * BS]).digest()
+    assert scan.digest == ref(algorithm, b0 + b1)
+    assert scan.digest == prefix_digest([b0, b1], algorithm)
+    # It is not the plain digest of the prefix.
+    assert scan.digest != ref(algorithm, content[: 2 * BS])
 
 
-def test_whole_hash_after_scan_equals_hash_of_prefix(fd: int, content: bytes) -> None:
-    scan = scan_prefix(fd, 2 * BS)
-    assert scan.whole.digest() == hashlib.sha256(content[: 2 * BS]).digest()
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_whole_hash_after_scan_equals_hash_of_prefix(
+    fd: int, content: bytes, algorithm: Algorithm
+) -> None:
+    scan = scan_prefix(fd, 2 * BS, algorithm)
+    assert scan.whole.digest() == ref(algorithm, content[: 2 * BS])
     # The running hash goes on: feeding the rest gives the digest of the whole file.
     scan.whole.update(content[2 * BS :])
-    assert scan.whole.hexdigest() == hashlib.sha256(content).hexdigest()
+    assert scan.whole.digest() == ref(algorithm, content)
 
 
-def test_scan_of_one_block(fd: int, content: bytes) -> None:
-    scan = scan_prefix(fd, BS)
-    assert scan.blocks == [hashlib.sha256(content[:BS]).digest()]
-    assert scan.digest == hashlib.sha256(hashlib.sha256(content[:BS]).digest()).digest()
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_scan_of_one_block(fd: int, content: bytes, algorithm: Algorithm) -> None:
+    scan = scan_prefix(fd, BS, algorithm)
+    assert scan.blocks == [ref(algorithm, content[:BS])]
+    assert scan.digest == ref(algorithm, ref(algorithm, content[:BS]))
 
 
-def test_scan_of_nothing(fd: int) -> None:
-    scan = scan_prefix(fd, 0)
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_scan_of_nothing(fd: int, algorithm: Algorithm) -> None:
+    scan = scan_prefix(fd, 0, algorithm)
     assert scan.blocks == []
-    assert scan.digest == hashlib.sha256(b"").digest()
-    assert scan.whole.digest() == hashlib.sha256(b"").digest()
+    assert scan.digest == ref(algorithm, b"")
+    assert scan.whole.digest() == ref(algorithm, b"")
 
 
 def test_scan_does_not_move_the_file_offset(fd: int) -> None:
     os.lseek(fd, 7, os.SEEK_SET)
-    scan_prefix(fd, BS)
+    scan_prefix(fd, BS, BLAKE3)
     assert os.lseek(fd, 0, os.SEEK_CUR) == 7
 
 
@@ -88,7 +142,7 @@ def test_scan_of_a_short_file_raises_eof(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(EOFError):
-            scan_prefix(fd, 2 * BS)
+            scan_prefix(fd, 2 * BS, BLAKE3)
     finally:
         os.close(fd)
 
@@ -99,15 +153,16 @@ def test_scan_of_an_empty_file_raises_eof(tmp_path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         with pytest.raises(EOFError):
-            scan_prefix(fd, BS)
+            scan_prefix(fd, BS, SHA256)
     finally:
         os.close(fd)
 
 
-def test_prefix_scan_digest_property() -> None:
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_prefix_scan_digest_property(algorithm: Algorithm) -> None:
     blocks = [b"\x01" * 32, b"\x02" * 32]
-    scan = PrefixScan(blocks, hashlib.sha256())
-    assert scan.digest == hashlib.sha256(b"\x01" * 32 + b"\x02" * 32).digest()
+    scan = PrefixScan(algorithm, blocks, new_hasher(algorithm))
+    assert scan.digest == ref(algorithm, b"\x01" * 32 + b"\x02" * 32)
 
 
 @pytest.mark.parametrize(
@@ -133,92 +188,93 @@ A: Identity = (1, 1, 10, 100, 7)
 B: Identity = (1, 2, 10, 100, 7)
 C: Identity = (1, 3, 10, 100, 7)
 DA, DB, DC = b"\xaa" * 32, b"\xbb" * 32, b"\xcc" * 32
+B3: Algorithm = BLAKE3
 
 
 def test_cache_put_and_get() -> None:
     cache = HashCache()
-    assert cache.sha256(A) is None
-    cache.put_sha256(A, DA)
-    assert cache.sha256(A) == DA
-    assert cache.sha256(B) is None
+    assert cache.digest(A, B3) is None
+    cache.put_digest(A, B3, DA)
+    assert cache.digest(A, B3) == DA
+    assert cache.digest(B, B3) is None
     assert len(cache) == 1
 
 
 def test_identity_change_misses() -> None:
     cache = HashCache()
-    cache.put_sha256(A, DA)
-    assert cache.sha256((1, 1, 10, 101, 7)) is None  # mtime changed
-    assert cache.sha256((1, 1, 11, 100, 7)) is None  # size changed
-    assert cache.sha256((1, 1, 10, 100, 8)) is None  # ctime changed: written, mtime set back
+    cache.put_digest(A, B3, DA)
+    assert cache.digest((1, 1, 10, 101, 7), B3) is None  # mtime changed
+    assert cache.digest((1, 1, 11, 100, 7), B3) is None  # size changed
+    assert cache.digest((1, 1, 10, 100, 8), B3) is None  # ctime changed: written, mtime set back
 
 
 def test_cache_evicts_least_recently_put() -> None:
     cache = HashCache(max_entries=2)
-    cache.put_sha256(A, DA)
-    cache.put_sha256(B, DB)
-    cache.put_sha256(C, DC)
+    cache.put_digest(A, B3, DA)
+    cache.put_digest(B, B3, DB)
+    cache.put_digest(C, B3, DC)
     assert len(cache) == 2
-    assert cache.sha256(A) is None
-    assert cache.sha256(B) == DB
-    assert cache.sha256(C) == DC
+    assert cache.digest(A, B3) is None
+    assert cache.digest(B, B3) == DB
+    assert cache.digest(C, B3) == DC
 
 
 def test_cache_update_refreshes_recency() -> None:
     cache = HashCache(max_entries=2)
-    cache.put_sha256(A, DA)
-    cache.put_sha256(B, DB)
-    cache.put_blocks(A, [DA])  # A is used again
-    cache.put_sha256(C, DC)
-    assert cache.sha256(B) is None
-    assert cache.sha256(A) == DA
-    assert cache.blocks(A, 1) == [DA]
+    cache.put_digest(A, B3, DA)
+    cache.put_digest(B, B3, DB)
+    cache.put_blocks(A, B3, [DA])  # A is used again
+    cache.put_digest(C, B3, DC)
+    assert cache.digest(B, B3) is None
+    assert cache.digest(A, B3) == DA
+    assert cache.blocks(A, B3, 1) == [DA]
 
 
 def test_cache_read_refreshes_recency() -> None:
     cache = HashCache(max_entries=2)
-    cache.put_sha256(A, DA)
-    cache.put_sha256(B, DB)
-    assert cache.sha256(A) == DA  # A is used
-    cache.put_sha256(C, DC)
-    assert cache.sha256(A) == DA
-    assert cache.sha256(B) is None
+    cache.put_digest(A, B3, DA)
+    cache.put_digest(B, B3, DB)
+    assert cache.digest(A, B3) == DA  # A is used
+    cache.put_digest(C, B3, DC)
+    assert cache.digest(A, B3) == DA
+    assert cache.digest(B, B3) is None
 
 
 def test_blocks_none_when_fewer_cached() -> None:
     cache = HashCache()
-    assert cache.blocks(A, 1) is None
-    cache.put_sha256(A, DA)
-    assert cache.blocks(A, 1) is None  # entry exists, no blocks yet
-    cache.put_blocks(A, [DA, DB])
-    assert cache.blocks(A, 3) is None
-    assert cache.blocks(A, 2) == [DA, DB]
-    assert cache.blocks(A, 1) == [DA]
-    assert cache.blocks(A, 0) == []
+    assert cache.blocks(A, B3, 1) is None
+    cache.put_digest(A, B3, DA)
+    assert cache.blocks(A, B3, 1) is None  # entry exists, no blocks yet
+    cache.put_blocks(A, B3, [DA, DB])
+    assert cache.blocks(A, B3, 3) is None
+    assert cache.blocks(A, B3, 2) == [DA, DB]
+    assert cache.blocks(A, B3, 1) == [DA]
+    assert cache.blocks(A, B3, 0) == []
 
 
 def test_blocks_keeps_the_longer_list() -> None:
     cache = HashCache()
-    cache.put_blocks(A, [DA, DB, DC])
-    cache.put_blocks(A, [DA])
-    assert cache.blocks(A, 3) == [DA, DB, DC]
+    cache.put_blocks(A, B3, [DA, DB, DC])
+    cache.put_blocks(A, B3, [DA])
+    assert cache.blocks(A, B3, 3) == [DA, DB, DC]
 
 
 def test_blocks_returned_are_a_copy() -> None:
     cache = HashCache()
     given = [DA, DB]
-    cache.put_blocks(A, given)
+    cache.put_blocks(A, B3, given)
     given.append(DC)
-    assert cache.blocks(A, 3) is None
-    got = cache.blocks(A, 2)
+    assert cache.blocks(A, B3, 3) is None
+    got = cache.blocks(A, B3, 2)
     assert got is not None
     got.append(DC)
-    assert cache.blocks(A, 3) is None
+    assert cache.blocks(A, B3, 3) is None
 
 
 def test_cache_of_size_zero_caches_nothing() -> None:
     cache = HashCache(max_entries=0)
-    cache.put_sha256(A, DA)
-    assert cache.sha256(A) is None
+    cache.put_digest(A, B3, DA)
+    assert cache.digest(A, B3) is None
 
 
 def test_cache_thread_safety_smoke() -> None:
@@ -232,11 +288,11 @@ def test_cache_thread_safety_smoke() -> None:
             for i in range(2000):
                 ident = (n, i % 100, i, 0, 0)
                 digest = hashlib.sha256(f"{n}-{i}".encode()).digest()
-                cache.put_sha256(ident, digest)
-                cache.put_blocks(ident, [digest])
-                got = cache.sha256(ident)
+                cache.put_digest(ident, B3, digest)
+                cache.put_blocks(ident, B3, [digest])
+                got = cache.digest(ident, B3)
                 assert got is None or got == digest
-                blocks = cache.blocks(ident, 1)
+                blocks = cache.blocks(ident, B3, 1)
                 assert blocks is None or blocks == [digest]
         except BaseException as exc:
             errors.append(exc)
@@ -253,16 +309,16 @@ def test_cache_thread_safety_smoke() -> None:
 
 def test_cache_saved_and_loaded(tmp_path: Path) -> None:
     cache = HashCache()
-    cache.put_sha256(A, DA)
-    cache.put_blocks(B, [DB, DC])
-    cache.put_sha256(C, DC)
-    cache.put_blocks(C, [DA])
+    cache.put_digest(A, B3, DA)
+    cache.put_blocks(B, B3, [DB, DC])
+    cache.put_digest(C, B3, DC)
+    cache.put_blocks(C, B3, [DA])
     cache.save(tmp_path / "digests")
     again = HashCache()
     assert again.load(tmp_path / "digests") == 3
-    assert again.sha256(A) == DA and again.blocks(A, 1) is None
-    assert again.sha256(B) is None and again.blocks(B, 2) == [DB, DC]
-    assert again.sha256(C) == DC and again.blocks(C, 1) == [DA]
+    assert again.digest(A, B3) == DA and again.blocks(A, B3, 1) is None
+    assert again.digest(B, B3) is None and again.blocks(B, B3, 2) == [DB, DC]
+    assert again.digest(C, B3) == DC and again.blocks(C, B3, 1) == [DA]
     assert not (tmp_path / "digests.tmp").exists()
     assert (tmp_path / "digests").stat().st_mode & 0o777 == 0o600  # as the users file
     (tmp_path / "blocked").mkdir()
@@ -272,24 +328,52 @@ def test_cache_saved_and_loaded(tmp_path: Path) -> None:
     assert not (tmp_path / "blocked" / "digests.tmp").exists()
 
 
+def test_algorithms_are_cached_apart(tmp_path: Path) -> None:
+    cache = HashCache()
+    cache.put_digest(A, SHA256, DA)
+    cache.put_blocks(A, BLAKE3, [DB])
+    assert cache.digest(A, BLAKE3) is None and cache.blocks(A, SHA256, 1) is None
+    assert cache.digest(A, SHA256) == DA and cache.blocks(A, BLAKE3, 1) == [DB]
+    cache.save(tmp_path / "digests")
+    again = HashCache()
+    assert again.load(tmp_path / "digests") == 2
+    assert again.digest(A, SHA256) == DA and again.digest(A, BLAKE3) is None
+    assert again.blocks(A, BLAKE3, 1) == [DB] and again.blocks(A, SHA256, 1) is None
+
+
+def test_a_cache_saved_before_blake3_loads_as_sha256(tmp_path: Path) -> None:
+    old = '{"id":[1,1,10,100,7],"sha256":"' + DA.hex() + '","blocks":"' + DB.hex() + '"}'
+    (tmp_path / "digests").write_text(old + "\n")
+    cache = HashCache()
+    assert cache.load(tmp_path / "digests") == 1
+    assert cache.digest(A, SHA256) == DA and cache.blocks(A, SHA256, 1) == [DB]
+    assert cache.digest(A, BLAKE3) is None
+
+
 def test_a_damaged_saved_cache_costs_only_its_entries(tmp_path: Path) -> None:
-    good = '{"id":[1,1,10,100,7],"sha256":"' + DA.hex() + '","blocks":null}'
+    good = '{"id":[1,1,10,100,7],"algorithm":"blake3","digest":"' + DA.hex() + '","blocks":null}'
     bad = [
         "not json",
         "[]",
-        '{"id":[1,1,10,100],"sha256":null,"blocks":null}',  # four numbers
-        '{"id":[1,1,10,100,-7],"sha256":null,"blocks":null}',
-        '{"id":[1,1,10,100,true],"sha256":null,"blocks":null}',
-        '{"id":[1,2,10,100,7],"sha256":"abcd","blocks":null}',  # short digest
-        '{"id":[1,2,10,100,7],"sha256":"zz' + "0" * 62 + '","blocks":null}',
-        '{"id":[1,2,10,100,7],"sha256":null,"blocks":"' + "a" * 66 + '"}',  # 33 bytes
-        '{"id":[1,2,10,100,7],"sha256":null,"blocks":""}',
+        "7",
+        '"digest"',
+        '{"id":[1,1,10,100],"algorithm":"blake3","digest":null,"blocks":null}',  # four numbers
+        '{"id":[1,1,10,100,-7],"algorithm":"blake3","digest":null,"blocks":null}',
+        '{"id":[1,1,10,100,true],"algorithm":"blake3","digest":null,"blocks":null}',
+        '{"id":[1,2,10,100,7],"algorithm":"md5","digest":null,"blocks":null}',
+        '{"id":[1,2,10,100,7],"algorithm":["blake3"],"digest":null,"blocks":null}',
+        '{"id":[1,2,10,100,7],"algorithm":"blake3","digest":"abcd","blocks":null}',  # short
+        '{"id":[1,2,10,100,7],"algorithm":"blake3","digest":"zz' + "0" * 62 + '","blocks":null}',
+        '{"id":[1,2,10,100,7],"algorithm":"blake3","digest":null,"blocks":"' + "a" * 66 + '"}',
+        '{"id":[1,2,10,100,7],"algorithm":"blake3","digest":null,"blocks":""}',
+        '{"id":[1,2,10,100,7],"algorithm":"blake3"}',
+        '{"id":[1,2,10,100,7],"sha256":"abcd","blocks":null}',  # the old form, short
         '{"id":[1,2,10,100,7]}',
     ]
     (tmp_path / "digests").write_text("\n".join([*bad, good]) + "\n")
     cache = HashCache()
     assert cache.load(tmp_path / "digests") == 1
-    assert cache.sha256(A) == DA and len(cache) == 1
+    assert cache.digest(A, BLAKE3) == DA and len(cache) == 1
     (tmp_path / "binary").write_bytes(os.urandom(4096))
     assert HashCache().load(tmp_path / "binary") == 0
     assert HashCache().load(tmp_path / "missing") == 0

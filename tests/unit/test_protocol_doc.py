@@ -20,13 +20,14 @@ import re
 from pathlib import Path
 from typing import Any
 
+import blake3
 import pytest
 
 from tcpft import limits, messages
 from tcpft.config import DEFAULT_PORT
 from tcpft.errors import FATAL_CODES, ErrorCode, is_fatal
 from tcpft.frames import encode_frame
-from tcpft.integrity import prefix_digest
+from tcpft.integrity import SHA256, Algorithm, algorithm_for, new_hasher, prefix_digest
 from tcpft.protocol import (
     CLEAN_EOF_STATES,
     CLOSED,
@@ -256,19 +257,38 @@ def test_limits_table_is_the_code() -> None:
     assert doc == code
 
 
+def _reference_digest(algorithm: str, data: bytes) -> bytes:
+    """The digest straight from the hash libraries, not through tcpft."""
+    if algorithm == SHA256:
+        return hashlib.sha256(data).digest()
+    assert algorithm == "blake3", algorithm
+    return blake3.blake3(data).digest()
+
+
+def test_digest_examples() -> None:
+    examples = _marked("digest")
+    assert {spec.split()[0] for spec, _ in examples} == {"sha256", "blake3"}
+    for spec, pos in examples:
+        algorithm, literal = spec.split(maxsplit=1)
+        data = ast.literal_eval(literal).encode()
+        assert _hex(_fence_after(pos)) == _reference_digest(algorithm, data), spec
+
+
 def test_prefix_digest_examples() -> None:
     examples = _marked("prefix-digest")
-    assert examples
+    assert {spec.split()[0] for spec, _ in examples} == {"sha256", "blake3"}
     block = limits.RESUME_BLOCK_SIZE
     for spec, pos in examples:
+        name, *tokens = spec.split()
+        algorithm: Algorithm = "blake3" if name == "blake3" else SHA256
         data = b"".join(
             bytes([int(byte, 16)]) * int(count)
-            for byte, count in (token.split("*") for token in spec.split())
+            for byte, count in (token.split("*") for token in tokens)
         )
         assert len(data) % block == 0
-        blocks = [hashlib.sha256(data[i : i + block]).digest() for i in range(0, len(data), block)]
-        expected = hashlib.sha256(b"".join(blocks)).digest()
-        assert expected == prefix_digest(blocks)
+        blocks = [_reference_digest(name, data[i : i + block]) for i in range(0, len(data), block)]
+        expected = _reference_digest(name, b"".join(blocks))
+        assert expected == prefix_digest(blocks, algorithm)
         assert _hex(_fence_after(pos)) == expected, spec
 
 
@@ -321,6 +341,14 @@ def test_session_trace_replays(name: str, pos: int) -> None:
             assert words[1] == ErrorCode(msg.code).name, (note, msg)
         if isinstance(msg, messages.Ack):
             assert f"ok={int(msg.ok)}" in note, (note, msg)
+        if isinstance(msg, messages.Done):  # its digest is of the content the note names
+            named = re.search(r'DONE (\w+)\(("(?:[^"\\]|\\.)*")\)', note)
+            assert named, note
+            algorithm = algorithm_for(conns["C"].version)
+            assert named.group(1) == algorithm, (note, conns["C"].version)
+            hasher = new_hasher(algorithm)
+            hasher.update(ast.literal_eval(named.group(2)).encode())
+            assert msg.digest == hasher.digest(), note
         assert note.endswith(f"[-> {sender.state.value}]"), (note, sender.state)
 
 
