@@ -34,6 +34,7 @@ from tcpft.errors import (
 )
 from tcpft.messages import Entry
 from tcpft.names import is_partial_name, join_path, partial_name, printable, split_path
+from tcpft.native import start_writeback
 
 __all__ = ["Entry", "ReadHandle", "ServedDirectory", "UploadHandle"]
 
@@ -43,6 +44,8 @@ _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_C
 _PARTIAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 #: Permissions of a committed upload (its partial file is 0600 while it is incomplete).
 UPLOADED_MODE = 0o644
+#: An upload asks the kernel to start writing its data to disk every this many bytes.
+WRITEBACK_STEP = 8 * 1024 * 1024
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NO_LINK = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
 
@@ -141,6 +144,8 @@ class UploadHandle(_Closing):
         self.partial = partial_name(name)
         self.size, self.mtime_ns, self.force = size, mtime_ns, force
         self._open = True
+        self._end = offset  # where the next write goes
+        self._unflushed = offset  # where the data not yet sent to the disk begins
         # A write may run in a worker thread: closing waits for it, so that the
         # descriptor is never closed (and reused) under a write in progress.
         self._lock = threading.Lock()
@@ -168,6 +173,9 @@ class UploadHandle(_Closing):
     def write(self, data: bytes | memoryview) -> None:
         """Append all of ``data`` to the partial file.
 
+        Every :data:`WRITEBACK_STEP` bytes the kernel is asked to start writing them
+        to disk, so that the fsync of :meth:`commit` finds little left to do.
+
         Raises:
             NoSpace: the disk or the quota is full.
             LocalFileError: any other write failure.
@@ -178,9 +186,14 @@ class UploadHandle(_Closing):
                 raise LocalFileError(f"the upload of {printable(self.name)} is closed")
             try:
                 while view:
-                    view = view[os.write(self.fd, view) :]
+                    n = os.write(self.fd, view)
+                    view = view[n:]
+                    self._end += n
             except OSError as exc:
                 raise _io_error(exc, f"write {printable(self.name)}") from None
+            if self._end - self._unflushed >= WRITEBACK_STEP:
+                start_writeback(self.fd, self._unflushed, self._end - self._unflushed)
+                self._unflushed = self._end
 
     def truncate(self, offset: int) -> None:
         """Cut the partial file to ``offset`` bytes; writing goes on from there.
@@ -195,7 +208,7 @@ class UploadHandle(_Closing):
             os.lseek(self.fd, offset, os.SEEK_SET)
         except OSError as exc:
             raise _io_error(exc, f"truncate {printable(self.name)}") from None
-        self.offset = offset
+        self.offset = self._end = self._unflushed = offset
 
     def commit(self) -> None:
         """Set the mtime, flush to disk and move the partial file to its final name.

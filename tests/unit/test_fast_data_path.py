@@ -20,7 +20,12 @@ from tcpft.messages import (
     LoginOk,
     Welcome,
 )
-from tcpft.native import limit_malloc_arenas, preallocate, release_preallocation
+from tcpft.native import (
+    limit_malloc_arenas,
+    preallocate,
+    release_preallocation,
+    start_writeback,
+)
 from tcpft.protocol import NEED_DATA, Connection, Role, State
 from tcpft.server import _read_cached
 from tcpft.sink import InlineSink, ThreadSink
@@ -144,6 +149,21 @@ def test_preallocation_is_best_effort(tmp_path: Path) -> None:
         assert os.fstat(fd).st_size == 0
     finally:
         os.close(fd)
+
+
+def test_writeback_is_best_effort_and_keeps_the_data(tmp_path: Path) -> None:
+    data = os.urandom(3 << 20)
+    fd = os.open(tmp_path / "part", os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, data)
+        start_writeback(fd, 0, len(data))
+        start_writeback(fd, 1 << 20, 1 << 40)  # past the end: nothing more to write
+        start_writeback(fd, 0, 0)
+        assert os.fstat(fd).st_size == len(data)
+    finally:
+        os.close(fd)
+    start_writeback(fd, 0, 4096)  # a closed descriptor: refused, silently
+    assert (tmp_path / "part").read_bytes() == data
 
 
 def test_cached_read_gives_the_bytes_or_none(tmp_path: Path) -> None:

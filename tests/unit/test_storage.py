@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+import tcpft.storage
 from tcpft.errors import (
     AlreadyExists,
     IntegrityError,
@@ -19,7 +20,7 @@ from tcpft.errors import (
 )
 from tcpft.limits import MAX_NAME_BYTES
 from tcpft.names import partial_name
-from tcpft.storage import Entry, ReadHandle, ServedDirectory, UploadHandle
+from tcpft.storage import WRITEBACK_STEP, Entry, ReadHandle, ServedDirectory, UploadHandle
 
 MTIME = 1_600_000_000_123_456_789
 
@@ -550,3 +551,42 @@ def test_target_becoming_a_directory_during_upload(root: Path, served: ServedDir
     with pytest.raises(InvalidName, match="not a regular file"):
         handle.commit()
     assert (root / "f").is_dir()
+
+
+def test_an_upload_starts_writeback_of_each_step_as_it_goes(
+    served: ServedDirectory, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So that the fsync of the commit finds little left to write (see native.py)."""
+    started: list[tuple[int, int]] = []
+    real = tcpft.storage.start_writeback
+
+    def record(fd: int, offset: int, length: int) -> None:
+        started.append((offset, length))
+        real(fd, offset, length)
+
+    monkeypatch.setattr(tcpft.storage, "start_writeback", record)
+    step = WRITEBACK_STEP
+    data = os.urandom(2 * step + step // 2)
+    chunk = 256 * 1024
+    handle = _upload(served, "big.bin", data)
+    with handle:
+        for i in range(0, len(data), chunk):
+            handle.write(data[i : i + chunk])
+        handle.commit()
+    assert started == [(0, step), (step, step)]  # the rest is left to the fsync
+    assert (root / "big.bin").read_bytes() == data
+
+
+def test_a_resumed_upload_starts_writeback_from_its_offset(
+    served: ServedDirectory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(tcpft.storage, "start_writeback", lambda fd, o, n: started.append((o, n)))
+    step = WRITEBACK_STEP
+    handle = _upload(served, "r.bin", b"x" * (3 * step))
+    with handle:
+        handle.truncate(step // 2)  # as after a resume whose prefix was kept
+        handle.write(b"y" * (step - 1))
+        assert started == []
+        handle.write(b"y" * 3)
+        assert started == [(step // 2, step + 2)]
