@@ -108,7 +108,7 @@ class _Transfer:
     """What the audit line of one transfer says."""
 
     bytes: int = 0
-    digest: str = ""  # "blake3:<hex>"
+    digest: str = ""  # "blake3:<hex>" (or "sha256:<hex>" with older clients)
     result: str | None = None  # None until the transfer reached an outcome
 
 
@@ -533,33 +533,33 @@ class _Session:
             return
         with handle:
             ident, algorithm = handle.identity, self.algorithm
-            sha = server.hashes.digest(ident, algorithm)
-            hasher = None if sha else new_hasher(algorithm)
+            cached = server.hashes.digest(ident, algorithm)
+            hasher = None if cached else new_hasher(algorithm)
             start = 0
             if req.offset and req.offset % RESUME_BLOCK_SIZE == 0 and req.offset <= handle.size:
                 blocks = server.hashes.blocks(ident, algorithm, req.offset // RESUME_BLOCK_SIZE)
                 scan = None
-                if blocks is None or sha is None:
+                if blocks is None or cached is None:
                     scan = await asyncio.to_thread(scan_prefix, handle.fd, req.offset, algorithm)
                     server.hashes.put_blocks(ident, algorithm, scan.blocks)
                     blocks = scan.blocks
                 if prefix_digest(blocks, algorithm) == req.prefix_digest:
                     start = req.offset
-                    if scan is not None and sha is None:
+                    if scan is not None and cached is None:
                         hasher = scan.whole
             header = FileHeader(req.path, handle.size, handle.mtime_ns, start)
             if handle.size - start <= min(self.cfg.chunk_size, _SMALL_FILE) and not self.pacer:
-                sent = await self._send_small(handle, header, hasher, sha, rec)
+                sent = await self._send_small(handle, header, hasher, cached, rec)
             else:
-                sent = await self._send_large(handle, header, hasher, sha, rec)
+                sent = await self._send_large(handle, header, hasher, cached, rec)
             if not sent:
                 return
             ack = await self._next(self.cfg.stall_timeout)
             rec.result = "ok" if isinstance(ack, Ack) and ack.ok else "rejected"
 
     async def _send_large(
-        self, handle: ReadHandle, header: FileHeader, hasher: Hasher | None, sha: bytes | None,
-        rec: _Transfer,
+        self, handle: ReadHandle, header: FileHeader, hasher: Hasher | None,
+        known: bytes | None, rec: _Transfer,
     ) -> bool:  # fmt: skip
         """FILE, the DATA frames, DONE; False when an ERROR ended the transfer instead."""
         await self._send(header)
@@ -572,12 +572,12 @@ class _Session:
         if rec.bytes < handle.size - start or handle.changed():
             await self._file_changed(rec)
             return False
-        await self._send(self._done(handle, _final(sha, hasher), rec))
+        await self._send(self._done(handle, _final(known, hasher), rec))
         return True
 
     async def _send_small(
-        self, handle: ReadHandle, header: FileHeader, hasher: Hasher | None, sha: bytes | None,
-        rec: _Transfer,
+        self, handle: ReadHandle, header: FileHeader, hasher: Hasher | None,
+        known: bytes | None, rec: _Transfer,
     ) -> bool:  # fmt: skip
         """A file whose rest fits in one DATA frame: FILE, DATA and DONE in one write.
 
@@ -603,7 +603,7 @@ class _Session:
             await self._send(header)
             await self._file_changed(rec)
             return False
-        done = self._done(handle, _final(sha, hasher), rec)
+        done = self._done(handle, _final(known, hasher), rec)
         frames: list[bytes | bytearray] = [self.conn.send(header)]
         if n:  # an empty file has no DATA
             frames += [self.conn.send_data_header(n), block]
@@ -834,10 +834,10 @@ def _read_cached(fd: int, n: int, pos: int) -> bytearray | None:
     return buf if got == n else None
 
 
-def _final(cached: bytes | None, hasher: Hasher | None) -> bytes:
-    """The whole-file digest: the cached one, or else the one just computed."""
-    if cached is not None:
-        return cached
+def _final(known: bytes | None, hasher: Hasher | None) -> bytes:
+    """The whole-file digest: the one known from the cache, or else the one computed."""
+    if known is not None:
+        return known
     assert hasher is not None
     return hasher.digest()
 
