@@ -477,6 +477,27 @@ class Ctx:
         path.write_text("".join(n + "\n" for n in names))
         return path
 
+    def prime_page_cache(self, nbytes: int) -> None:
+        """Write and delete ``nbytes`` of scratch data, just before a measured transfer.
+
+        On a virtual machine that hands freed memory back to its host (free page
+        reporting, as on the machine of docs/PERFORMANCE.md), a page the kernel has
+        returned costs a fault in the host when it is used again: writing 1 GiB into
+        the page cache took 2.2-2.3 s of CPU there when the memory had been free for
+        10 s, and 0.23-0.27 s right after another 1 GiB file was deleted. Every run
+        gets the cheap case this way, whatever ran or idled before it, as on a machine
+        without that feature.
+        """
+        path = self.work / "prime.bin"
+        chunk = bytes(1 << 20)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            for _ in range(-(-nbytes // len(chunk))):
+                os.write(fd, chunk)
+        finally:
+            os.close(fd)
+            path.unlink()
+
     def clear_downloads(self) -> None:
         """Delete downloaded files, keeping the per-client directories."""
         for d in self.dl.iterdir():
@@ -863,6 +884,7 @@ def measure(ctx: Ctx, plan: Plan) -> Sample:
         if plan.prime:
             _run_python_clients(ctx, argvs, timeout, plan.timing)
             ctx.clear_downloads()
+        ctx.prime_page_cache(total_bytes)
         cpu0 = srv.cpu()
         extra: dict[str, float] = {}
         if plan.python:
