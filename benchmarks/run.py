@@ -1607,8 +1607,13 @@ def _workdir(parent: str | None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # runs the cleanups: children stopped, workdir removed
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     quick = args.quick
     big = parse_size(args.size) if args.size else (32 if quick else 1024) * 2**20
     sizes = Sizes(

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,3 +39,35 @@ def test_benchmark_quick_run_prints_the_table() -> None:
         assert "ERROR" not in rows[tool]
     assert "PASS" in result.stdout or "FAIL" in result.stdout
     assert elapsed < 30, f"the quick benchmark took {elapsed:.0f} s"
+
+
+@pytest.mark.timeout(60)
+def test_a_benchmark_stopped_with_sigterm_leaves_no_process_and_no_files(
+    tmp_path: Path,
+) -> None:
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--runs", "3", "--cases", "big",
+         "--size", "64M", "--tools", "raw", "tcpft", "--workdir", str(tmp_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    children: list[psutil.Process] = []
+    try:
+        assert bench.stdout is not None
+        deadline = time.monotonic() + 30
+        for line in bench.stdout:  # wait until transfers are under way
+            if "run 1/3" in line or time.monotonic() > deadline:
+                break
+        children = psutil.Process(bench.pid).children(recursive=True)
+        assert list(tmp_path.iterdir()), "the benchmark should have made its workdir"
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(30) == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(children, timeout=10)
+        assert alive == [], alive
+        assert list(tmp_path.iterdir()) == []
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait()
+        for child in children:  # only if the benchmark failed to stop them
+            with contextlib.suppress(psutil.Error):
+                child.kill()
