@@ -65,7 +65,7 @@ class ServerConfig:
     shutdown_grace: float = 30.0  # running transfers may finish within this on SIGTERM
 
     # Transfers.
-    chunk_size: int = 256 * 1024  # DATA frame size sent; smaller bounds memory per peer
+    chunk_size: int = 512 * 1024  # DATA frame size sent; smaller bounds memory per peer
     max_upload_size: int | None = None
     upload_reserve: int = 64 * 1024 * 1024  # free space kept after an upload
     limit_rate: int | None = None  # bytes per second per connection
