@@ -44,7 +44,15 @@ from .errors import (
     error_from_wire,
     is_fatal,
 )
-from .integrity import Algorithm, Hasher, algorithm_for, align_down, new_hasher, scan_prefix
+from .integrity import (
+    Algorithm,
+    Hasher,
+    algorithm_for,
+    align_down,
+    labelled,
+    new_hasher,
+    scan_prefix,
+)
 from .limits import FRAME_HEADER_SIZE, MAX_DATA_PAYLOAD, MAX_GETS_AHEAD
 from .messages import (
     MIN_PROTOCOL_VERSION,
@@ -103,7 +111,7 @@ class TransferResult:
     @property
     def checksum(self) -> str:
         """The digest as shown to people and scripts, e.g. ``blake3:af13...``."""
-        return f"{self.algorithm}:{self.digest}"
+        return labelled(self.algorithm, bytes.fromhex(self.digest))
 
 
 Results = list[TransferResult]
