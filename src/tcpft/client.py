@@ -82,7 +82,7 @@ from .native import preallocate, release_preallocation
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role, State
 from .sink import InlineSink, Sink, ThreadSink
-from .tls import KnownHosts, TrustNew, open_client_tls, parse_fingerprint
+from .tls import KnownHosts, TLSStream, TrustNew, open_client_tls, parse_fingerprint
 
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
@@ -228,13 +228,14 @@ def connect(
         raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stream: socket.socket | TLSStream = sock
         server_fp = None
         if not plaintext:
             hosts = KnownHosts(Path(known_hosts) if known_hosts else known_hosts_path())
-            sock, server_fp = open_client_tls(
+            stream, server_fp = open_client_tls(
                 sock, host, port, fingerprint, cafile, hosts, trust_new
             )
-        session = Session(sock, host, port, server_fp, limit_rate)
+        session = Session(stream, host, port, server_fp, limit_rate)
         session._login(user, password() if callable(password) else password)
     except BaseException:
         sock.close()
@@ -247,7 +248,7 @@ class Session:
 
     def __init__(
         self,
-        sock: socket.socket,
+        sock: socket.socket | TLSStream,
         host: str,
         port: int,
         server_fingerprint: str | None,
@@ -842,7 +843,7 @@ class Session:
 
     def _check_refusal(self) -> None:
         """If the server refused the upload mid-way, stop at once with its reason."""
-        readable = isinstance(self.sock, ssl.SSLSocket) and self.sock.pending()
+        readable = isinstance(self.sock, TLSStream) and self.sock.pending()
         if not readable:
             readable = bool(select.select([self.sock], [], [], 0)[0])
         if readable:
@@ -864,7 +865,7 @@ class Session:
             if self.conn.state is State.READY:
                 self._send(Bye())
                 self.sock.settimeout(2.0)
-                if isinstance(self.sock, ssl.SSLSocket):
+                if isinstance(self.sock, TLSStream):
                     self.sock.unwrap()
         except (TcpftError, OSError, ValueError):
             pass
