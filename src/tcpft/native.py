@@ -1,14 +1,17 @@
-"""The few C library calls the standard library lacks, each best effort.
+"""The few C library calls the standard library lacks, and direct I/O, each best effort.
 
 Linux's ``fallocate`` with ``FALLOC_FL_KEEP_SIZE`` (``os.posix_fallocate`` would change
-the file size) and ``sync_file_range``, and glibc's ``mallopt``. Elsewhere, or when the
-call is missing or refused, the functions do nothing: they only make things cheaper.
+the file size) and ``sync_file_range``, glibc's ``mallopt``, and switching a descriptor
+to direct I/O (``O_DIRECT``). Elsewhere, or when the call is missing or refused, the
+functions do nothing: they only make things cheaper.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
+import mmap
 import os
 import sys
 from typing import Any
@@ -87,3 +90,39 @@ def limit_malloc_arenas(arenas: int) -> bool:
     the C library took it.
     """
     return _mallopt is not None and _mallopt(_M_ARENA_MAX, arenas) == 1
+
+
+#: What direct I/O needs aligned, here: the memory, the file offset and the length.
+#: 4096 is the page size and a multiple of every disk's logical block size.
+DIRECT_IO_ALIGN = 4096
+_O_DIRECT: int = getattr(os, "O_DIRECT", 0)
+
+
+def aligned_buffer(size: int) -> mmap.mmap:
+    """A zeroed buffer of ``size`` (> 0) bytes that starts on a page boundary."""
+    return mmap.mmap(-1, size)
+
+
+def is_aligned(view: memoryview) -> bool:
+    """Whether ``view`` is writable memory starting on a :data:`DIRECT_IO_ALIGN` boundary."""
+    try:
+        address = ctypes.addressof(ctypes.c_char.from_buffer(view))
+    except (TypeError, ValueError):  # read-only or empty: never used for direct I/O
+        return False
+    return address % DIRECT_IO_ALIGN == 0
+
+
+def set_direct_io(fd: int, on: bool) -> bool:
+    """Switch ``O_DIRECT`` on or off for ``fd``; whether the descriptor took it.
+
+    Writes then go from the caller's memory to the disk, past the page cache. False
+    where the platform or the file system has no direct I/O (tmpfs before Linux 6.6).
+    """
+    if not _O_DIRECT:
+        return False
+    try:
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, flags | _O_DIRECT if on else flags & ~_O_DIRECT)
+    except OSError:
+        return False
+    return True

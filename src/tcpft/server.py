@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import mmap
 import os
 import ssl
 from collections import Counter
@@ -74,6 +75,7 @@ from .messages import (
     batch_entries,
 )
 from .names import printable
+from .native import aligned_buffer
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role
 from .receiver import Receiver, ReceiverProtocol
@@ -338,12 +340,13 @@ class _Session:
         except TimeoutError:
             raise TimeoutExpired("no data from the client in time") from None
 
-    async def _next_payload(self, buffers: list[bytearray]) -> memoryview | Message:
+    async def _next_payload(self, buffers: list[mmap.mmap | None]) -> memoryview | Message:
         """The next frame of an upload: a DATA payload, or any other message.
 
         Fast path for bulk data: with nothing buffered in the core, the frame header
-        is read here and a DATA payload straight into ``buffers[0]`` (grown as needed);
-        the caller rotates the buffers so that it does not overwrite one being written.
+        is read here and a DATA payload straight into ``buffers[0]`` (made or grown as
+        needed, page-aligned for direct I/O); the caller rotates the buffers so that
+        it does not overwrite one being written.
         """
         if not self.conn.buffered:
             header, timeout = self._header, self.cfg.stall_timeout
@@ -354,9 +357,10 @@ class _Session:
             else:
                 length = self.conn.receive_data_header(header)
                 if length is not None:
-                    if len(buffers[0]) < length:
-                        buffers[0] = bytearray(length)
-                    view = memoryview(buffers[0])[:length]
+                    buf = buffers[0]
+                    if buf is None or len(buf) < length:
+                        buf = buffers[0] = aligned_buffer(max(length, 1))
+                    view = memoryview(buf)[:length]
                     if await self._read_into(view, timeout, exact=True) < length:
                         raise ConnectionBroken("connection closed in the middle of a DATA frame")
                     return view
@@ -751,7 +755,7 @@ class _Session:
         # One chunk is written and hashed in a worker while the next one arrives
         # into the other buffer.
         pending: asyncio.Future[None] | None = None
-        buffers = [bytearray(), bytearray()]
+        buffers: list[mmap.mmap | None] = [None, None]
         last: memoryview | None = None  # the final chunk, written with the commit
         try:
             while True:

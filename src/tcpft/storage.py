@@ -34,7 +34,7 @@ from tcpft.errors import (
 )
 from tcpft.messages import Entry
 from tcpft.names import is_partial_name, join_path, partial_name, printable, split_path
-from tcpft.native import start_writeback
+from tcpft.native import DIRECT_IO_ALIGN, is_aligned, set_direct_io, start_writeback
 
 __all__ = ["Entry", "ReadHandle", "ServedDirectory", "UploadHandle"]
 
@@ -46,6 +46,10 @@ _PARTIAL_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O
 UPLOADED_MODE = 0o644
 #: An upload asks the kernel to start writing its data to disk every this many bytes.
 WRITEBACK_STEP = 8 * 1024 * 1024
+#: Uploads from this size up are written with direct I/O where they can be...
+DIRECT_IO_MIN_SIZE = 8 * 1024 * 1024
+#: ...by writes from this size up (a smaller one would wait for the disk too often).
+DIRECT_IO_MIN_WRITE = 64 * 1024
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 _NO_LINK = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV})
 
@@ -146,6 +150,8 @@ class UploadHandle(_Closing):
         self._open = True
         self._end = offset  # where the next write goes
         self._unflushed = offset  # where the data not yet sent to the disk begins
+        self._direct = False  # O_DIRECT is on for fd
+        self._direct_works = True  # until the file system refuses it
         # A write may run in a worker thread: closing waits for it, so that the
         # descriptor is never closed (and reused) under a write in progress.
         self._lock = threading.Lock()
@@ -173,8 +179,14 @@ class UploadHandle(_Closing):
     def write(self, data: bytes | memoryview) -> None:
         """Append all of ``data`` to the partial file.
 
-        Every :data:`WRITEBACK_STEP` bytes the kernel is asked to start writing them
-        to disk, so that the fsync of :meth:`commit` finds little left to do.
+        In an upload of :data:`DIRECT_IO_MIN_SIZE` or more, the part of ``data`` that
+        direct I/O can take (see :meth:`_direct_length`) goes from ``data`` to the
+        disk, past the page cache: the fsync of :meth:`commit` has to wait for the
+        disk anyway, and copying into the page cache first cost 0.25 s of CPU per GiB
+        at best, 2 s on a virtual machine that hands freed memory back to its host,
+        against 0.1 s. Smaller files, which the fsync writes at once, stay in the
+        page cache. What is written through the page cache is sent on to the disk
+        every :data:`WRITEBACK_STEP` bytes, so that the fsync finds little left.
 
         Raises:
             NoSpace: the disk or the quota is full.
@@ -185,15 +197,62 @@ class UploadHandle(_Closing):
             if not self._open:
                 raise LocalFileError(f"the upload of {printable(self.name)} is closed")
             try:
-                while view:
-                    n = os.write(self.fd, view)
-                    view = view[n:]
-                    self._end += n
+                direct = self._direct_length(view)
+                if direct:
+                    self._write(view[:direct])
+                    if self._unflushed == self._end - direct:
+                        self._unflushed = self._end  # nothing left behind in the cache
+                    view = view[direct:]
+                if view:
+                    self._switch_direct(False)
+                    self._write(view)
             except OSError as exc:
                 raise _io_error(exc, f"write {printable(self.name)}") from None
             if self._end - self._unflushed >= WRITEBACK_STEP:
                 start_writeback(self.fd, self._unflushed, self._end - self._unflushed)
                 self._unflushed = self._end
+
+    def _direct_length(self, view: memoryview) -> int:
+        """How many bytes at the start of ``view`` to write with direct I/O (O_DIRECT on).
+
+        The memory, the file offset and the length must be aligned to
+        :data:`DIRECT_IO_ALIGN`: 0 for a small upload, a small or unaligned write, or
+        when the file system has no direct I/O; else ``view``'s length rounded down.
+        """
+        length = len(view) - len(view) % DIRECT_IO_ALIGN
+        if (
+            not self._direct_works
+            or self.size < DIRECT_IO_MIN_SIZE
+            or length < DIRECT_IO_MIN_WRITE
+            or self._end % DIRECT_IO_ALIGN
+            or not is_aligned(view)
+        ):
+            return 0
+        return length if self._switch_direct(True) else 0
+
+    def _switch_direct(self, on: bool) -> bool:
+        """Turn O_DIRECT on or off for the partial file; whether it now is as asked."""
+        if on != self._direct:
+            if not set_direct_io(self.fd, on):
+                if on:
+                    self._direct_works = False  # not on this file system: never again
+                    return False
+                raise OSError(errno.EIO, "cannot turn off direct I/O")
+            self._direct = on
+        return True
+
+    def _write(self, view: memoryview) -> None:
+        while view:
+            try:
+                n = os.write(self.fd, view)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL or not self._direct:
+                    raise
+                self._direct_works = False  # the flag was taken, the write is not
+                self._switch_direct(False)
+                continue
+            view = view[n:]
+            self._end += n
 
     def truncate(self, offset: int) -> None:
         """Cut the partial file to ``offset`` bytes; writing goes on from there.

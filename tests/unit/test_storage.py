@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 from collections.abc import Iterator
@@ -20,7 +21,16 @@ from tcpft.errors import (
 )
 from tcpft.limits import MAX_NAME_BYTES
 from tcpft.names import partial_name
-from tcpft.storage import WRITEBACK_STEP, Entry, ReadHandle, ServedDirectory, UploadHandle
+from tcpft.native import DIRECT_IO_ALIGN, aligned_buffer, is_aligned, set_direct_io
+from tcpft.storage import (
+    DIRECT_IO_MIN_SIZE,
+    DIRECT_IO_MIN_WRITE,
+    WRITEBACK_STEP,
+    Entry,
+    ReadHandle,
+    ServedDirectory,
+    UploadHandle,
+)
 
 MTIME = 1_600_000_000_123_456_789
 
@@ -590,3 +600,145 @@ def test_a_resumed_upload_starts_writeback_from_its_offset(
         assert started == []
         handle.write(b"y" * 3)
         assert started == [(step // 2, step + 2)]
+
+
+# --- direct I/O for aligned upload writes ------------------------------------------------
+
+
+def _direct(handle: UploadHandle) -> bool:
+    return bool(fcntl.fcntl(handle.fd, fcntl.F_GETFL) & os.O_DIRECT)
+
+
+@pytest.fixture
+def direct_io(root: Path) -> None:
+    """Skip where the test directory's file system has no direct I/O."""
+    probe = root / "probe"
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        if not set_direct_io(fd, True):
+            pytest.skip("no direct I/O on this file system")
+        buf = aligned_buffer(DIRECT_IO_ALIGN)
+        try:
+            os.write(fd, buf)
+        except OSError:
+            pytest.skip("this file system takes O_DIRECT but refuses the writes")
+    finally:
+        os.close(fd)
+        probe.unlink()
+
+
+def _filled(size: int) -> memoryview:
+    buf = aligned_buffer(size)
+    buf.write(os.urandom(size))
+    return memoryview(buf)
+
+
+@pytest.mark.usefixtures("direct_io")
+def test_aligned_upload_writes_use_direct_io_and_the_rest_the_page_cache(
+    served: ServedDirectory, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[tuple[int, int]] = []
+    monkeypatch.setattr(tcpft.storage, "start_writeback", lambda fd, o, n: started.append((o, n)))
+    chunk = _filled(DIRECT_IO_MIN_SIZE)
+    data = bytes(chunk) * 2 + b"tail"
+    handle = _upload(served, "d.bin", data)
+    with handle:
+        handle.write(chunk)
+        assert _direct(handle)
+        handle.write(chunk)
+        handle.write(b"tail")  # read-only memory, 4 bytes: through the page cache
+        assert not _direct(handle)
+        handle.commit()
+    assert started == []  # what went direct needs no writeback
+    assert (root / "d.bin").read_bytes() == data
+
+
+@pytest.mark.usefixtures("direct_io")
+def test_small_uploads_stay_in_the_page_cache(served: ServedDirectory, root: Path) -> None:
+    chunk = _filled(DIRECT_IO_MIN_WRITE)
+    data = bytes(chunk) * ((DIRECT_IO_MIN_SIZE - 1) // len(chunk))
+    handle = _upload(served, "s.bin", data)
+    with handle:
+        for _ in range(len(data) // len(chunk)):
+            handle.write(chunk)
+            assert not _direct(handle)
+        handle.commit()
+    assert (root / "s.bin").read_bytes() == data
+
+
+def _big_upload(served: ServedDirectory, name: str, rest: bytes) -> UploadHandle:
+    """An upload of DIRECT_IO_MIN_SIZE + len(rest) bytes, its first part already written."""
+    filler = _filled(DIRECT_IO_MIN_SIZE)
+    handle = served.open_upload(
+        name, len(filler) + len(rest), MTIME, force=False, resume=False, max_size=None
+    )
+    handle.write(filler)
+    return handle
+
+
+@pytest.mark.usefixtures("direct_io")
+def test_the_aligned_head_of_a_write_goes_direct_its_tail_not(
+    served: ServedDirectory, root: Path
+) -> None:
+    view = _filled(DIRECT_IO_MIN_WRITE + 5)
+    rest = bytes(view) * 2
+    with _big_upload(served, "t.bin", rest) as handle:
+        handle.write(view)  # DIRECT_IO_MIN_WRITE bytes direct, then 5 through the cache
+        assert not _direct(handle)
+        handle.write(view)  # the file offset is no longer aligned: all through the cache
+        assert not _direct(handle)
+        handle.commit()
+    assert (root / "t.bin").read_bytes()[DIRECT_IO_MIN_SIZE:] == rest
+
+
+@pytest.mark.usefixtures("direct_io")
+@pytest.mark.parametrize(
+    "why",
+    ["memory not aligned", "offset not aligned", "too small", "read-only memory"],
+)
+def test_writes_direct_io_cannot_take_go_through_the_page_cache(
+    served: ServedDirectory, root: Path, why: str
+) -> None:
+    big = _filled(2 * DIRECT_IO_MIN_WRITE + DIRECT_IO_ALIGN)
+    least = DIRECT_IO_MIN_WRITE
+    first, second = {
+        "memory not aligned": (big[1 : least + 1], big[:least]),
+        "offset not aligned": (big[:100], big[:least]),
+        "too small": (big[:DIRECT_IO_ALIGN], big[: least - DIRECT_IO_ALIGN]),
+        "read-only memory": (big[:least].toreadonly(), big[:least]),
+    }[why]
+    rest = bytes(first) + bytes(second)
+    with _big_upload(served, "u.bin", rest) as handle:
+        handle.write(first)
+        assert not _direct(handle)
+        handle.write(second)
+        assert _direct(handle) == (why in ("memory not aligned", "read-only memory"))
+        handle.commit()
+    assert (root / "u.bin").read_bytes()[DIRECT_IO_MIN_SIZE:] == rest
+
+
+@pytest.mark.usefixtures("direct_io")
+def test_a_resumed_upload_writes_direct_from_its_aligned_offset(
+    served: ServedDirectory, root: Path
+) -> None:
+    chunk = _filled(DIRECT_IO_MIN_SIZE)
+    kept = os.urandom(3 * DIRECT_IO_MIN_WRITE)
+    handle = _upload(served, "r.bin", kept[: 2 * DIRECT_IO_MIN_WRITE] + bytes(chunk))
+    with handle:
+        handle.write(kept)
+        handle.truncate(2 * DIRECT_IO_MIN_WRITE)  # as a resume keeps an aligned prefix
+        handle.write(chunk)
+        assert _direct(handle)
+        handle.commit()
+    assert (root / "r.bin").read_bytes() == kept[: 2 * DIRECT_IO_MIN_WRITE] + bytes(chunk)
+
+
+def test_aligned_buffers() -> None:
+    buf = aligned_buffer(3 * DIRECT_IO_ALIGN)
+    assert len(buf) == 3 * DIRECT_IO_ALIGN and bytes(buf[:8]) == bytes(8)
+    view = memoryview(buf)
+    assert is_aligned(view) and is_aligned(view[DIRECT_IO_ALIGN:])
+    assert not is_aligned(view[1:])
+    assert not is_aligned(view.toreadonly())
+    assert not is_aligned(memoryview(b"bytes are read-only"))
+    assert not is_aligned(view[:0])
