@@ -86,7 +86,7 @@ from .tls import KnownHosts, TLSStream, TrustNew, open_client_tls, parse_fingerp
 
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
-_CHUNK = 256 * 1024  # DATA frame size of uploads: bounds what the server buffers per peer
+_CHUNK = 512 * 1024  # DATA frame size of uploads: the server holds two per upload
 _THREADED_SINK_MIN = 8 * 1024 * 1024  # below this, a thread costs more than it saves
 
 Entries = list[Entry]
