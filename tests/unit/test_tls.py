@@ -10,9 +10,7 @@ import re
 import socket
 import ssl
 import stat
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,8 @@ from tcpft.tls import (
     server_context,
 )
 
+from .peer import Peer, peer
+
 TIMEOUT = 5.0
 FP_RE = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
 
@@ -39,46 +39,16 @@ def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ensure_server_certificate(tmp_path_factory.mktemp("tls") / "state")
 
 
-class _Server:
-    """One-connection TLS server on 127.0.0.1 in a thread; records the handshake outcome."""
+def tls_server(ctx: ssl.SSLContext) -> AbstractContextManager[Peer]:
+    """A TLS server for one handshake; its result is the TLS version agreed."""
 
-    def __init__(self, ctx: ssl.SSLContext) -> None:
-        self.ctx = ctx
-        self.error: BaseException | None = None
-        self.version: str | None = None
-        self.done = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(TIMEOUT)
-        self.port: int = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._run, daemon=True)
+    def handler(conn: socket.socket) -> str | None:
+        with ctx.wrap_socket(conn, server_side=True) as tls:
+            with contextlib.suppress(OSError):
+                tls.recv(1)  # wait for the client to go away
+            return tls.version()
 
-    def _run(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-            with conn:
-                conn.settimeout(TIMEOUT)
-                try:
-                    with self.ctx.wrap_socket(conn, server_side=True) as tls:
-                        self.version = tls.version()
-                        self.done.set()
-                        with contextlib.suppress(OSError):
-                            tls.recv(1)  # wait for the client to go away
-                except BaseException as exc:
-                    self.error = exc
-        finally:
-            self.done.set()
-
-
-@contextmanager
-def tls_server(ctx: ssl.SSLContext) -> Iterator[_Server]:
-    server = _Server(ctx)
-    server.thread.start()
-    try:
-        yield server
-    finally:
-        server.thread.join(TIMEOUT)
-        server.listener.close()
-        assert not server.thread.is_alive()
+    return peer(handler)
 
 
 def handshake(port: int, ctx: ssl.SSLContext, server_hostname: str | None = None) -> bytes:
@@ -198,7 +168,7 @@ def test_server_refuses_tls_1_1(cert_pair: tuple[Path, Path]) -> None:
     old.maximum_version = ssl.TLSVersion.TLSv1_1
     with tls_server(server_context(*cert_pair)) as server, pytest.raises(ssl.SSLError):
         handshake(server.port, old)
-    assert server.version is None
+    assert server.result is None
     assert isinstance(server.error, ssl.SSLError)
     assert server.error.reason == "UNSUPPORTED_PROTOCOL"
 
@@ -209,7 +179,7 @@ def test_client_refuses_tls_1_1(cert_pair: tuple[Path, Path]) -> None:
     ctx.maximum_version = ssl.TLSVersion.TLSv1_1
     with tls_server(server_context(*cert_pair)) as server, pytest.raises(ssl.SSLError):
         handshake(server.port, ctx)
-    assert server.version is None
+    assert server.result is None
 
 
 def test_tls12_ciphers_are_ecdhe_aead_only(cert_pair: tuple[Path, Path]) -> None:

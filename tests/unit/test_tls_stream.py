@@ -29,12 +29,11 @@ from tcpft.tls import (
     server_context,
 )
 
-TIMEOUT = 5.0
+from .peer import TIMEOUT, Handler, peer
+
 RECORD = 16 * 1024
 
 pytestmark = pytest.mark.timeout(30)
-
-Handler = Callable[[socket.socket], None]
 
 
 @pytest.fixture(scope="module")
@@ -42,41 +41,7 @@ def cert_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return ensure_server_certificate(tmp_path_factory.mktemp("tls") / "state")
 
 
-class _Peer:
-    """Accept one connection on 127.0.0.1 and run ``handler`` on it in a thread."""
-
-    def __init__(self, handler: Handler) -> None:
-        self.handler = handler
-        self.error: BaseException | None = None
-        self.result: object = None
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.settimeout(TIMEOUT)
-        self.port: int = self.listener.getsockname()[1]
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        try:
-            conn, _ = self.listener.accept()
-            with conn:
-                conn.settimeout(TIMEOUT)
-                self.handler(conn)
-        except BaseException as exc:
-            self.error = exc
-
-
-@contextmanager
-def peer(handler: Handler) -> Iterator[_Peer]:
-    p = _Peer(handler)
-    p.thread.start()
-    try:
-        yield p
-    finally:
-        p.thread.join(TIMEOUT * 2)
-        p.listener.close()
-        assert not p.thread.is_alive()
-
-
-def tls_peer(cert_pair: tuple[Path, Path], body: Callable[[ssl.SSLSocket], None]) -> Handler:
+def tls_peer(cert_pair: tuple[Path, Path], body: Callable[[ssl.SSLSocket], object]) -> Handler:
     """A handler that completes a TLS handshake as the server, then runs ``body``."""
     ctx = server_context(*cert_pair)
 
