@@ -200,7 +200,7 @@ class UploadHandle(_Closing):
                 direct = self._direct_length(view)
                 if direct:
                     self._write(view[:direct])
-                    if self._unflushed == self._end - direct:
+                    if self._direct and self._unflushed == self._end - direct:
                         self._unflushed = self._end  # nothing left behind in the cache
                     view = view[direct:]
                 if view:

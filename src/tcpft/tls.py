@@ -511,7 +511,7 @@ def open_client_tls(
 
     Raises:
         TLSVerifyError: not trusted (FingerprintMismatch: the pin differs).
-        ConnectError: the handshake failed.
+        ConnectError: the handshake failed (TimeoutExpired: it took too long).
     """
     ctx = client_context(Path(cafile) if cafile else None)
     tls = TLSStream(sock, ctx, host if cafile else None)
