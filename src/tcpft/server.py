@@ -192,8 +192,7 @@ class Server:
         if self.closing:  # called again while stopping: stop waiting for anyone
             for task in list(self._sessions):
                 task.cancel()
-            if self._sessions:
-                await asyncio.wait(set(self._sessions), timeout=_CLOSE_TIMEOUT + 1)
+            await self._wait_sessions_closed()
             return
         grace = self.config.shutdown_grace if grace is None else grace
         self.closing = True
@@ -207,11 +206,21 @@ class Server:
             _, pending = await asyncio.wait(pending, timeout=grace)
         for task in pending:
             task.cancel()
-        if self._sessions:
-            await asyncio.wait(set(self._sessions), timeout=_CLOSE_TIMEOUT + 1)
+        await self._wait_sessions_closed()
         await asyncio.to_thread(self._save_digests)
         self.storage.close()
         self.audit.close()
+
+    async def _wait_sessions_closed(self) -> None:
+        """Give cancelled sessions a moment to say why they close; then cut the rest.
+
+        A client that does not read keeps its session waiting to send (the ERROR, then
+        the TLS close), so when this returns every connection is closed all the same.
+        """
+        if self._sessions:
+            await asyncio.wait(set(self._sessions), timeout=_CLOSE_TIMEOUT + 1)
+        for session in self._sessions.values():
+            session.writer.transport.abort()
 
     @property
     def _digests_path(self) -> Path:

@@ -15,9 +15,10 @@ import pytest
 
 from tcpft.client import Session, TransferResult
 from tcpft.errors import ConnectError, ErrorCode
+from tcpft.messages import Get
 
 from ..conftest import ALICE, Env, ServerThread
-from .rawclient import RawConn, expect_error, logged_in
+from .rawclient import RawConn, expect_error, frame, logged_in
 
 StartServer = Callable[..., ServerThread]
 
@@ -150,3 +151,25 @@ def test_download_cut_by_shutdown_can_be_resumed(
         result = s.download("slow.bin", env.client, resume=True)
     assert result.resumed_from > 0
     assert (env.client / "slow.bin").read_bytes() == content
+
+
+@pytest.mark.timeout(60)
+def test_shutdown_closes_a_connection_whose_client_stopped_reading(
+    start_server: StartServer, env: Env
+) -> None:
+    # The session cannot even send its ERROR to a client that does not read; the
+    # shutdown must still close the connection before it returns, not leave it open.
+    (env.root / "big.bin").write_bytes(os.urandom(64 * MIB))
+    srv = start_server()
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Get("big.bin")))
+        time.sleep(0.5)  # the socket buffers fill up; the client reads nothing
+        t0 = time.monotonic()
+        srv.stop(grace=0)
+        took = time.monotonic() - t0
+        try:
+            conn.wait_closed(5.0)
+        except TimeoutError:
+            pytest.fail("the shutdown returned and left the connection open")
+        assert conn.eof
+    assert took < 10.0
