@@ -661,27 +661,36 @@ class _Session:
                 await self._send_block(block)
                 pos = nxt
                 rec.bytes = pos - start
+                # A block read from the page cache and sent without a wait gives the
+                # loop no turn: give one, so that other sessions and a shutdown run.
+                await asyncio.sleep(0)
         finally:
             if pending is not None and not pending.done():
                 pending.add_done_callback(_retrieve)
 
     def _read_ahead(
         self, fd: int, pos: int, size: int, hasher: Hasher | None
-    ) -> asyncio.Future[bytes] | None:
-        """Start reading the block at ``pos`` (in a worker when it must be hashed too)."""
+    ) -> asyncio.Future[bytes | bytearray] | None:
+        """Start reading (and hashing) the block at ``pos``.
+
+        A block in the page cache is read and hashed here, on the event loop: that
+        costs less than the hand-off to a worker and back (one 512 KiB block of
+        BLAKE3 takes about 0.1 ms). Only a block that would wait for the disk goes to
+        a worker, so that the loop never waits for it.
+        """
         if pos >= size:
             return None
         n = min(_READ_BLOCK, size - pos)
-        if hasher is not None:  # off the event loop: the hasher releases the GIL
+        block = _read_cached(fd, n, pos)
+        if block is None:
             return asyncio.ensure_future(asyncio.to_thread(_read_chunk, fd, n, pos, hasher))
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        try:  # a page-cache read: cheaper than a thread hop
-            future.set_result(os.pread(fd, n, pos))
-        except OSError as exc:
-            future.set_exception(exc)
+        if hasher is not None:
+            hasher.update(block)
+        future: asyncio.Future[bytes | bytearray] = asyncio.get_running_loop().create_future()
+        future.set_result(block)
         return future
 
-    async def _send_block(self, block: bytes) -> None:
+    async def _send_block(self, block: bytes | bytearray) -> None:
         """Send one block read from the file as DATA frames of the configured size."""
         view, step = memoryview(block), self.cfg.chunk_size
         for i in range(0, len(block), step):
@@ -856,7 +865,7 @@ def _final(known: bytes | None, hasher: Hasher | None) -> bytes:
 
 
 def _read_chunk(fd: int, n: int, pos: int, hasher: Hasher | None) -> bytes:
-    """Read and hash one chunk (in a worker thread: both hashers release the GIL)."""
+    """Read and hash one chunk (in a worker thread, for a read that waits for the disk)."""
     chunk = os.pread(fd, n, pos)
     if hasher is not None:
         hasher.update(chunk)

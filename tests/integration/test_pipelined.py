@@ -152,14 +152,13 @@ def test_a_cut_during_a_pipeline_keeps_only_the_started_partial(
 ) -> None:
     (env.root / "big.bin").write_bytes(os.urandom(24 * 1024 * 1024))
     names = ["hello.txt", "big.bin", *_files(env, 6)]
-    cut = False
+    # In its own thread, so that the client goes on reading while the server stops.
+    stopper = threading.Thread(target=lambda: server.stop(grace=0.0), daemon=True)
 
     def progress_for(remote: str) -> Callable[[int, int], None] | None:
         def progress(done: int, total: int) -> None:
-            nonlocal cut
-            if done > 0 and not cut:
-                cut = True
-                server.stop(grace=0.0)
+            if done > 0 and stopper.ident is None:
+                stopper.start()
 
         return progress if remote == "big.bin" else None
 
@@ -170,6 +169,7 @@ def test_a_cut_during_a_pipeline_keeps_only_the_started_partial(
         with pytest.raises(ShuttingDown):
             next(outcomes)  # fatal: raised, not yielded
         assert s.conn.state is State.CLOSED
+    stopper.join(15)
     # The cut file keeps its partial for a resume; the GETs ahead leave nothing behind.
     assert _leftovers(env.client) == ["big.bin" + PARTIAL_SUFFIX]
     assert sorted(p.name for p in env.client.iterdir()) == [

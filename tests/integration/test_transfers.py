@@ -254,6 +254,37 @@ def test_server_cut_mid_download_is_not_a_clean_end(
     assert not (env.client / "slow.bin").exists()
 
 
+def _evict_from_page_cache(path: Path) -> bool:
+    """Drop ``path`` from the page cache; False when this system keeps it there."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        try:  # what the server does first: a read that must not wait for the disk
+            os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+        except BlockingIOError:
+            return True
+        return False
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT reads here")
+@pytest.mark.parametrize("plaintext", [False, True], ids=["tls", "plaintext"])
+def test_a_file_not_in_the_page_cache_is_read_in_a_worker(
+    env: Env, start_server: Callable[..., ServerThread], login: Login, plaintext: bool
+) -> None:
+    # Blocks in the page cache are read and hashed on the event loop; the others
+    # go to a worker thread so that the loop never waits for the disk.
+    _write_random(env.root / "cold.bin", 5 * 1024 * 1024 + 3)
+    if not _evict_from_page_cache(env.root / "cold.bin"):
+        pytest.skip("this file system keeps the file in the page cache")
+    server = start_server(plaintext=plaintext)
+    with login(server) as s:
+        result = s.download("cold.bin", env.client)
+    assert result.digest == b3(env.root / "cold.bin") == b3(env.client / "cold.bin")
+
+
 def test_plaintext_repeat_download_uses_the_cached_digest(
     env: Env, start_server: Callable[..., ServerThread], login: Login
 ) -> None:
