@@ -187,7 +187,9 @@ class Server:
     async def shutdown(self, grace: float | None = None) -> None:
         """Stop accepting; let running transfers finish within ``grace`` seconds; close.
 
-        A second call while the first still waits cancels every session at once.
+        Sessions still running then are told the server is shutting down; when this
+        returns, every connection is closed. A second call while the first still
+        waits cancels every session at once.
         """
         if self.closing:  # called again while stopping: stop waiting for anyone
             for task in list(self._sessions):
