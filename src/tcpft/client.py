@@ -86,7 +86,7 @@ from .tls import KnownHosts, TLSStream, TrustNew, open_client_tls, parse_fingerp
 
 SOFTWARE = f"tcpft/{__version__}"
 _RECV_SIZE = MAX_DATA_PAYLOAD + 64
-_CHUNK = 512 * 1024  # DATA frame size of uploads: the server holds two per upload
+_CHUNK = MAX_DATA_PAYLOAD  # DATA frame size of uploads (a server receives it in pieces)
 _THREADED_SINK_MIN = 8 * 1024 * 1024  # below this, a thread costs more than it saves
 
 Entries = list[Entry]

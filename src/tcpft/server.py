@@ -87,6 +87,13 @@ SOFTWARE = f"tcpft/{__version__}"
 _READ_SIZE = 64 * 1024  # bytes taken per read outside the DATA fast path, after login
 _READ_BLOCK = 512 * 1024  # file bytes read (and hashed) per step of a download
 _SMALL_FILE = 256 * 1024  # up to this, a download is sent in one write (see _send_small)
+# An upload is received into two buffers, each written by a worker while the other
+# fills; a DATA payload larger than a buffer is received in pieces. Larger buffers mean
+# fewer hand-offs to the worker and larger direct writes (docs/PERFORMANCE.md), so the
+# first few uploads at once get them and the rest the smaller size, which bounds memory.
+_UPLOAD_BUFFER = 512 * 1024
+_UPLOAD_BUFFER_LARGE = MAX_DATA_PAYLOAD
+_LARGE_BUFFER_UPLOADS = 8
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _PRELOGIN_READ = MAX_PRELOGIN_PAYLOAD + FRAME_HEADER_SIZE
 _CLOSE_TIMEOUT = 2.0
@@ -146,6 +153,7 @@ class Server:
         self._per_address: Counter[str] = Counter()
         self._unauthenticated = 0
         self._uploads: set[str] = set()
+        self._large_buffer_uploads = 0  # uploads with _UPLOAD_BUFFER_LARGE buffers now
         self._hash_slots = asyncio.Semaphore(config.max_concurrent_hashes)
 
     # --- lifecycle -----------------------------------------------------------------
@@ -302,6 +310,7 @@ class _Session:
         self.receiver = receiver
         self._buf = bytearray(_PRELOGIN_READ)  # for reads outside the DATA fast path
         self._header = bytearray(FRAME_HEADER_SIZE)
+        self._payload_left = 0  # bytes of the DATA payload in progress not read yet
         self.writer = writer
         self.addr = addr
         self.conn = Connection(Role.SERVER)
@@ -351,31 +360,40 @@ class _Session:
         except TimeoutError:
             raise TimeoutExpired("no data from the client in time") from None
 
-    async def _next_payload(self, buffers: list[mmap.mmap | None]) -> memoryview | Message:
-        """The next frame of an upload: a DATA payload, or any other message.
+    async def _next_payload(
+        self, buffers: list[mmap.mmap | None], size: int
+    ) -> memoryview | Message:
+        """The next piece of an upload: DATA payload bytes, or any other message.
 
         Fast path for bulk data: with nothing buffered in the core, the frame header
-        is read here and a DATA payload straight into ``buffers[0]`` (made or grown as
-        needed, page-aligned for direct I/O); the caller rotates the buffers so that
-        it does not overwrite one being written.
+        is read here and a DATA payload straight into ``buffers[0]`` (made as needed,
+        page-aligned for direct I/O), at most ``size`` bytes at a time whatever the
+        frame's length; the caller rotates the buffers so that it does not overwrite
+        one being written.
         """
-        if not self.conn.buffered:
-            header, timeout = self._header, self.cfg.stall_timeout
+        timeout = self.cfg.stall_timeout
+        if not self._payload_left and not self.conn.buffered:
+            header = self._header
             got = await self._read_into(memoryview(header), timeout, exact=True)
             if got < FRAME_HEADER_SIZE:
                 self.conn.receive_data(header[:got])
                 self.conn.receive_data(b"")  # the client closed: _next says how badly
             else:
                 length = self.conn.receive_data_header(header)
-                if length is not None:
-                    buf = buffers[0]
-                    if buf is None or len(buf) < length:
-                        buf = buffers[0] = aligned_buffer(max(length, 1))
-                    view = memoryview(buf)[:length]
-                    if await self._read_into(view, timeout, exact=True) < length:
-                        raise ConnectionBroken("connection closed in the middle of a DATA frame")
-                    return view
-        return await self._next(self.cfg.stall_timeout)
+                if length == 0:
+                    return memoryview(b"")
+                self._payload_left = length or 0
+        if not self._payload_left:
+            return await self._next(timeout)
+        n = min(self._payload_left, size)
+        buf = buffers[0]
+        if buf is None or len(buf) < n:
+            buf = buffers[0] = aligned_buffer(n)
+        view = memoryview(buf)[:n]
+        if await self._read_into(view, timeout, exact=True) < n:
+            raise ConnectionBroken("connection closed in the middle of a DATA frame")
+        self._payload_left -= n
+        return view
 
     async def _fatal(self, code: ErrorCode, text: str) -> None:
         """Tell the client why we close, if the connection still takes it."""
@@ -750,14 +768,20 @@ class _Session:
             await self._send(Error.of(exc.code, str(exc)))
             return
         server._uploads.add(req.path)
+        large = server._large_buffer_uploads < _LARGE_BUFFER_UPLOADS
+        server._large_buffer_uploads += large
         try:
             async with self._audited("transfer put", req.path) as rec:
-                await self._receive_upload(req, upload, rec)
+                size = _UPLOAD_BUFFER_LARGE if large else _UPLOAD_BUFFER
+                await self._receive_upload(req, upload, rec, size)
         finally:
+            server._large_buffer_uploads -= large
             server._uploads.discard(req.path)
             upload.abort(keep=True)  # no-op once settled; cut mid-way: kept for a resume
 
-    async def _receive_upload(self, req: Put, upload: UploadHandle, rec: _Transfer) -> None:
+    async def _receive_upload(
+        self, req: Put, upload: UploadHandle, rec: _Transfer, buffer_size: int
+    ) -> None:
         """Run the upload until it is committed or discarded (``rec.result`` set)."""
         offset, digest, hasher = 0, b"", new_hasher(self.algorithm)
         if req.resume and upload.offset:
@@ -779,7 +803,7 @@ class _Session:
         last: memoryview | None = None  # the final chunk, written with the commit
         try:
             while True:
-                item = await self._next_payload(buffers)
+                item = await self._next_payload(buffers, buffer_size)
                 if failed is None:
                     failed, pending = await _settled(pending), None
                     if failed is not None:
@@ -792,7 +816,7 @@ class _Session:
                     if failed is not None:
                         continue
                     rec.bytes += len(item)
-                    if self.conn.remaining == 0:
+                    if self.conn.remaining == 0 and not self._payload_left:
                         last = item  # DONE comes next: one worker trip for both
                         continue
                     # Written in a worker even when small: a write into the page cache

@@ -18,6 +18,7 @@ import pytest
 
 from tcpft.client import Session
 from tcpft.errors import ErrorCode, FileChanged, IntegrityError
+from tcpft.limits import MAX_DATA_PAYLOAD
 from tcpft.messages import (
     Ack,
     Data,
@@ -354,9 +355,65 @@ def test_upload_frames_cut_anywhere_arrive_intact(
 
 
 @pytest.mark.timeout(30)
+def test_data_frames_larger_than_the_buffers_arrive_intact(
+    start_server: StartServer, env: Env
+) -> None:
+    """Frames of the largest size, cut across the server's buffer boundaries: the
+    server receives a payload larger than its buffer in pieces, which must join up."""
+    srv = start_server()
+    content = os.urandom(3 * MAX_DATA_PAYLOAD + 5)
+    pieces = [content[i : i + MAX_DATA_PAYLOAD] for i in range(0, len(content), MAX_DATA_PAYLOAD)]
+    wire = b"".join(frame(Data(p)) for p in pieces) + frame(Done(hashlib.sha256(content).digest()))
+    half = MAX_DATA_PAYLOAD // 2
+    cuts = [0, 3, 5 + half - 1, 5 + half + 7, 5 + MAX_DATA_PAYLOAD + 2, 2 * half * 3, len(wire)]
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Put("pieces.bin", len(content), 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        for a, b in itertools.pairwise(cuts):
+            conn.send(wire[a:b])
+            time.sleep(0.02)
+        ack = conn.read_message()
+        assert isinstance(ack, Ack) and ack.ok, ack
+    assert (env.root / "pieces.bin").read_bytes() == content
+
+
+@pytest.mark.timeout(60)
+def test_only_a_few_uploads_at_once_get_the_large_buffers(
+    start_server: StartServer, env: Env
+) -> None:
+    """Each upload holds two receive buffers: the large ones go to the first 8 uploads
+    at once, the rest get the smaller size, so that memory stays bounded."""
+    srv = start_server()
+    server = srv.server
+    conns: list[RawConn] = []
+    try:
+        for i in range(10):
+            conn = logged_in(srv.port, ALICE)
+            conns.append(conn)
+            conn.send(frame(Put(f"held{i}.bin", 2 * MAX_DATA_PAYLOAD, 0)))
+            assert isinstance(conn.read_message(), PutReady)
+            # Half a frame: the session waits inside its payload, buffers allocated.
+            conn.send(raw_frame(Data.TYPE, b"x" * 1000, length=MAX_DATA_PAYLOAD))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and srv.call(lambda: len(server._uploads)) < 10:
+            time.sleep(0.02)
+        assert srv.call(lambda: len(server._uploads)) == 10
+        assert srv.call(lambda: server._large_buffer_uploads) == 8
+    finally:
+        for conn in conns:
+            conn.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and srv.call(lambda: len(server._uploads)):
+        time.sleep(0.02)
+    assert srv.call(lambda: (len(server._uploads), server._large_buffer_uploads)) == (0, 0)
+
+
+@pytest.mark.timeout(30)
 def test_upload_cut_inside_a_data_payload_keeps_only_whole_frames(
     start_server: StartServer, env: Env
 ) -> None:
+    # (A frame larger than the server's buffer is written piece by piece, so a cut
+    # there keeps its whole pieces; a resume checks whatever was kept.)
     srv = start_server()
     with logged_in(srv.port, ALICE) as conn:
         conn.send(frame(Put("half.bin", 1000, 0)))
