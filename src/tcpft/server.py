@@ -812,6 +812,8 @@ class _Session:
                 if isinstance(item, Data):
                     item = memoryview(item.data)
                 if isinstance(item, memoryview):
+                    if not item:  # an empty DATA carries nothing: not even the last chunk
+                        continue
                     buffers.reverse()  # the one just filled is being written now
                     if failed is not None:
                         continue

@@ -377,6 +377,24 @@ def test_data_frames_larger_than_the_buffers_arrive_intact(
     assert (env.root / "pieces.bin").read_bytes() == content
 
 
+@pytest.mark.timeout(30)
+def test_empty_data_frames_in_an_upload_are_harmless(start_server: StartServer, env: Env) -> None:
+    # Senders must not send them, receivers accept them (docs/PROTOCOL.md). One right
+    # after the last bytes once took the place of the final chunk: DIGEST_MISMATCH.
+    srv = start_server()
+    content = b"abc" * 1000
+    wire = (
+        frame(Data(b"")) + frame(Data(content[:10])) + frame(Data(b"")) + frame(Data(content[10:]))
+    )
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Put("empty-frames.bin", len(content), 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        conn.send(wire + frame(Data(b"")) + frame(Done(hashlib.sha256(content).digest())))
+        ack = conn.read_message()
+        assert isinstance(ack, Ack) and ack.ok, ack
+    assert (env.root / "empty-frames.bin").read_bytes() == content
+
+
 @pytest.mark.timeout(60)
 def test_only_a_few_uploads_at_once_get_the_large_buffers(
     start_server: StartServer, env: Env
