@@ -536,6 +536,8 @@ class Session:
                 with contextlib.suppress(OSError):
                     sink.close()
             done = self._next(raise_errors=False)
+            while isinstance(done, Data) and not done.data:  # carries nothing: accepted
+                done = self._next(raise_errors=False)
             if isinstance(done, Error):
                 keep = not _spoils_partial(done.code)
                 raise error_from_wire(done.code, done.text)
