@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +21,12 @@ from tcpft.errors import (
     ShuttingDown,
     TcpftError,
 )
-from tcpft.messages import Data, FileHeader, Get, Hello, ListEnd, Login, LoginOk, Welcome
+from tcpft.messages import Data, FileHeader, Get, Message
 from tcpft.names import PARTIAL_SUFFIX
-from tcpft.protocol import NEED_DATA, Connection, Role, State
+from tcpft.protocol import State
 
 from ..conftest import ALICE, Env, ServerThread
+from .fake_server import FakeServer
 
 Login_ = Callable[..., Session]
 
@@ -216,40 +215,6 @@ def test_pipelined_downloads_resume_their_partials(
     assert _leftovers(env.client) == []
 
 
-def _lying_server(answer: Callable[[Get], FileHeader]) -> tuple[int, threading.Thread]:
-    """A plaintext test double: logs anyone in, answers the first GET with ``answer``."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(10)
-
-    def serve() -> None:
-        with listener:
-            sock, _ = listener.accept()
-        with sock:
-            sock.settimeout(10)
-            conn = Connection(Role.SERVER)
-
-            def next_msg() -> object:
-                while (ev := conn.next_event()) is NEED_DATA:
-                    conn.receive_data(sock.recv(65536))  # b"": the client closed
-                return ev
-
-            with contextlib.suppress(Exception):
-                assert isinstance(next_msg(), Hello)
-                sock.sendall(conn.send(Welcome(2, "liar")))
-                assert isinstance(next_msg(), Login)
-                sock.sendall(conn.send(LoginOk("x", False)) + conn.send(ListEnd()))
-                get = next_msg()
-                assert isinstance(get, Get)
-                header = answer(get)
-                data = Data(b"B" * min(header.size - header.offset, 1000))
-                sock.sendall(conn.send(header) + conn.send(data))
-                next_msg()  # until the client closes
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    return listener.getsockname()[1], thread
-
-
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
     "answer",
@@ -262,9 +227,13 @@ def _lying_server(answer: Callable[[Get], FileHeader]) -> tuple[int, threading.T
 def test_an_answer_to_another_request_is_refused(
     tmp_path: Path, answer: Callable[[Get], FileHeader]
 ) -> None:
-    port, thread = _lying_server(answer)
-    s = connect("127.0.0.1", port, user="u", password="p", plaintext=True, timeout=5)
+    def reply(get: Get) -> list[Message]:
+        header = answer(get)
+        return [header, Data(b"B" * min(header.size - header.offset, 1000))]
+
+    fake = FakeServer(reply)
+    s = connect("127.0.0.1", fake.port, user="u", password="p", plaintext=True, timeout=5)
     with s, pytest.raises(RemoteProtocolError, match=r"answered the GET of a\.txt"):
         list(s.download_many([("a.txt", tmp_path), ("c.txt", tmp_path)]))
-    thread.join(10)
+    fake.join()
     assert list(tmp_path.iterdir()) == []  # no file, no partial

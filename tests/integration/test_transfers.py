@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import os
-import socket
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -28,17 +26,12 @@ from tcpft.messages import (
     Data,
     Done,
     FileHeader,
-    Get,
-    Hello,
-    ListEnd,
-    LoginOk,
-    Welcome,
 )
-from tcpft.messages import Login as LoginMessage
-from tcpft.protocol import NEED_DATA, Connection, Role, State
+from tcpft.protocol import State
 from tcpft.tls import KnownHosts
 
 from ..conftest import ALICE, Env, ServerThread, b3
+from .fake_server import FakeServer
 
 Login = Callable[..., Session]
 
@@ -327,48 +320,20 @@ def test_the_client_accepts_empty_data_frames(env: Env) -> None:
     (docs/PROTOCOL.md): a server of another make that sends some, even one right
     after the last bytes, still delivers the file."""
     content = os.urandom(100_000)
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(10)
-    acks: list[object] = []
-
-    def serve() -> None:
-        with listener:
-            sock, _ = listener.accept()
-        with sock:
-            sock.settimeout(10)
-            conn = Connection(Role.SERVER)
-
-            def next_msg() -> object:
-                while (ev := conn.next_event()) is NEED_DATA:
-                    conn.receive_data(sock.recv(65536))  # b"": the client closed
-                return ev
-
-            with contextlib.suppress(Exception):
-                assert isinstance(next_msg(), Hello)
-                sock.sendall(conn.send(Welcome(2, "other")))  # version 2: SHA-256
-                assert isinstance(next_msg(), LoginMessage)
-                sock.sendall(conn.send(LoginOk("x", False)) + conn.send(ListEnd()))
-                get = next_msg()
-                assert isinstance(get, Get)
-                frames = [
-                    FileHeader(get.path, len(content), 0),
-                    Data(b""),
-                    Data(content[:1000]),
-                    Data(b""),
-                    Data(content[1000:]),
-                    Data(b""),
-                    Done(hashlib.sha256(content).digest()),
-                ]
-                sock.sendall(b"".join(conn.send(f) for f in frames))
-                acks.append(next_msg())
-                next_msg()  # until the client closes
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    port = listener.getsockname()[1]
-    with connect("127.0.0.1", port, user="x", password="y", plaintext=True, timeout=10) as s:
+    fake = FakeServer(
+        lambda get: [
+            FileHeader(get.path, len(content), 0),
+            Data(b""),
+            Data(content[:1000]),
+            Data(b""),
+            Data(content[1000:]),
+            Data(b""),
+            Done(hashlib.sha256(content).digest()),  # version 2: SHA-256
+        ]
+    )
+    with connect("127.0.0.1", fake.port, user="x", password="y", plaintext=True, timeout=10) as s:
         result = s.download("f.bin", env.client)
-    thread.join(10)
+    fake.join()
     assert result.size == len(content)
     assert (env.client / "f.bin").read_bytes() == content
-    assert isinstance(acks[0], Ack) and acks[0].ok
+    assert isinstance(fake.received[0], Ack) and fake.received[0].ok
