@@ -331,6 +331,21 @@ def test_file_changing_during_download_is_detected(
         assert s.download("hello.txt", env.client).size == 13  # the session goes on
 
 
+def _upload_by_hand(
+    port: int, name: str, content: bytes, frames: list[bytes], cuts: list[int], pause: float
+) -> None:
+    """PUT ``content`` as ``name``; send ``frames`` and DONE cut at ``cuts``; expect ACK ok."""
+    wire = b"".join(frames) + frame(Done(hashlib.sha256(content).digest()))
+    with logged_in(port, ALICE) as conn:
+        conn.send(frame(Put(name, len(content), 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        for a, b in itertools.pairwise([0, *cuts, len(wire)]):
+            conn.send(wire[a:b])
+            time.sleep(pause)
+        ack = conn.read_message()
+        assert isinstance(ack, Ack) and ack.ok, ack
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("pause", [0.0, 0.02])
 def test_upload_frames_cut_anywhere_arrive_intact(
@@ -340,17 +355,10 @@ def test_upload_frames_cut_anywhere_arrive_intact(
     the server's fast path for DATA must reassemble them exactly."""
     srv = start_server()
     content = os.urandom(300_000)
-    pieces = [content[:1], content[1:70_000], content[70_000:]]
-    wire = b"".join(frame(Data(p)) for p in pieces) + frame(Done(hashlib.sha256(content).digest()))
-    cuts = [0, 2, 5, 6, 7, 1000, 70_004, 70_009, 70_011, len(wire) - 3, len(wire)]
-    with logged_in(srv.port, ALICE) as conn:
-        conn.send(frame(Put("cut.bin", len(content), 0)))
-        assert isinstance(conn.read_message(), PutReady)
-        for a, b in itertools.pairwise(cuts):
-            conn.send(wire[a:b])
-            time.sleep(pause)
-        ack = conn.read_message()
-        assert isinstance(ack, Ack) and ack.ok, ack
+    frames = [frame(Data(p)) for p in (content[:1], content[1:70_000], content[70_000:])]
+    in_done = len(b"".join(frames)) + 2  # inside the DONE frame's header
+    cuts = [2, 5, 6, 7, 1000, 70_004, 70_009, 70_011, in_done]
+    _upload_by_hand(srv.port, "cut.bin", content, frames, cuts, pause)
     assert (env.root / "cut.bin").read_bytes() == content
 
 
@@ -361,19 +369,12 @@ def test_data_frames_larger_than_the_buffers_arrive_intact(
     """Frames of the largest size, cut across the server's buffer boundaries: the
     server receives a payload larger than its buffer in pieces, which must join up."""
     srv = start_server()
-    content = os.urandom(3 * MAX_DATA_PAYLOAD + 5)
-    pieces = [content[i : i + MAX_DATA_PAYLOAD] for i in range(0, len(content), MAX_DATA_PAYLOAD)]
-    wire = b"".join(frame(Data(p)) for p in pieces) + frame(Done(hashlib.sha256(content).digest()))
-    half = MAX_DATA_PAYLOAD // 2
-    cuts = [0, 3, 5 + half - 1, 5 + half + 7, 5 + MAX_DATA_PAYLOAD + 2, 2 * half * 3, len(wire)]
-    with logged_in(srv.port, ALICE) as conn:
-        conn.send(frame(Put("pieces.bin", len(content), 0)))
-        assert isinstance(conn.read_message(), PutReady)
-        for a, b in itertools.pairwise(cuts):
-            conn.send(wire[a:b])
-            time.sleep(0.02)
-        ack = conn.read_message()
-        assert isinstance(ack, Ack) and ack.ok, ack
+    size = MAX_DATA_PAYLOAD
+    content = os.urandom(3 * size + 5)
+    frames = [frame(Data(content[i : i + size])) for i in range(0, len(content), size)]
+    half = size // 2
+    cuts = [3, 5 + half - 1, 5 + half + 7, 5 + size + 2, 3 * size]
+    _upload_by_hand(srv.port, "pieces.bin", content, frames, cuts, 0.02)
     assert (env.root / "pieces.bin").read_bytes() == content
 
 
@@ -383,15 +384,8 @@ def test_empty_data_frames_in_an_upload_are_harmless(start_server: StartServer, 
     # after the last bytes once took the place of the final chunk: DIGEST_MISMATCH.
     srv = start_server()
     content = b"abc" * 1000
-    wire = (
-        frame(Data(b"")) + frame(Data(content[:10])) + frame(Data(b"")) + frame(Data(content[10:]))
-    )
-    with logged_in(srv.port, ALICE) as conn:
-        conn.send(frame(Put("empty-frames.bin", len(content), 0)))
-        assert isinstance(conn.read_message(), PutReady)
-        conn.send(wire + frame(Data(b"")) + frame(Done(hashlib.sha256(content).digest())))
-        ack = conn.read_message()
-        assert isinstance(ack, Ack) and ack.ok, ack
+    frames = [frame(Data(p)) for p in (b"", content[:10], b"", content[10:], b"")]
+    _upload_by_hand(srv.port, "empty-frames.bin", content, frames, [], 0.0)
     assert (env.root / "empty-frames.bin").read_bytes() == content
 
 
