@@ -459,6 +459,7 @@ class Ctx:
     runs: int
     original: set[str]
     gets_ahead: int | None = None  # tcpft clients' pipelining depth (None: the default)
+    set_aside: bool = False  # clean() moves a run's files aside instead of deleting them
     ssh: SshSetup | None = None
     counter: int = 0
 
@@ -506,14 +507,31 @@ class Ctx:
         os.sync()
 
     def clean(self) -> None:
-        """Remove what a run left: uploads in the served tree, downloads."""
-        for entry in self.served.iterdir():
-            if entry.name not in self.original:
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-        shutil.rmtree(self.dl, ignore_errors=True)
+        """Clear what a run left, uploads in the served tree and downloads, for the next.
+
+        While ``set_aside`` is on (the files case), they are moved into ``work/aside``
+        and removed only with the work directory. On ext4 without a journal (the
+        machine of docs/PERFORMANCE.md), creating a file within about 30 s after
+        thousands were deleted costs 0.5-0.8 ms instead of 0.05-0.1: the inode
+        allocator steps over every recently deleted inode of the block group, reading
+        each one's deletion time. Deleting a run's 1,000 files just before the next run
+        made every run after the first measure that instead of the tool.
+        """
+        if self.set_aside:
+            aside = self.work / "aside" / str(self.next_id())
+            aside.mkdir(parents=True)
+            for entry in self.served.iterdir():
+                if entry.name not in self.original:
+                    entry.rename(aside / entry.name)
+            self.dl.rename(aside / self.dl.name)
+        else:
+            for entry in self.served.iterdir():
+                if entry.name not in self.original:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+            shutil.rmtree(self.dl, ignore_errors=True)
         self.dl.mkdir()
         os.sync()  # no write-back of the last run's files during the next one
         if self.ssh is not None:
@@ -1191,6 +1209,7 @@ class Bench:
         print(f"  {case}: {tool}: skipped ({reason})", flush=True)
 
     def case(self, w: Workload) -> None:
+        self.ctx.set_aside = len(w.names) > 1  # many files per run: see Ctx.clean
         self.warm_up(w)
         for direction in ("download", "upload"):
             self._case_direction(w, direction)

@@ -12,6 +12,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from benchmarks.run import Ctx, Sizes
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -71,3 +73,57 @@ def test_a_benchmark_stopped_with_sigterm_leaves_no_process_and_no_files(
         for child in children:  # only if the benchmark failed to stop them
             with contextlib.suppress(psutil.Error):
                 child.kill()
+
+
+def _ctx(tmp_path: Path, *, set_aside: bool) -> Ctx:
+    dirs = {name: tmp_path / name for name in ("served", "dl", "state", "logs")}
+    for d in dirs.values():
+        d.mkdir()
+    (dirs["served"] / "small").mkdir()
+    return Ctx(
+        work=tmp_path, env={}, fingerprint="", sizes=Sizes(1, 1, 1, 1), runs=1,
+        original={"small"}, set_aside=set_aside, **dirs,
+    )  # fmt: skip
+
+
+def _leave_a_run(ctx: Ctx) -> list[int]:
+    """Files as a run leaves them: an upload in the served tree, a client's downloads."""
+    (ctx.served / "up-c00-f0000.bin").write_bytes(b"u")
+    (ctx.dl / "c00").mkdir()
+    (ctx.dl / "c00" / "f0000.bin").write_bytes(b"d")
+    return [(ctx.served / "up-c00-f0000.bin").stat().st_ino,
+            (ctx.dl / "c00" / "f0000.bin").stat().st_ino]  # fmt: skip
+
+
+def test_clean_sets_the_files_of_a_run_aside_without_deleting_them(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, set_aside=True)
+    inodes = _leave_a_run(ctx)
+    ctx.clean()
+    assert sorted(p.name for p in ctx.served.iterdir()) == ["small"]
+    assert list(ctx.dl.iterdir()) == []
+    kept = {p.stat().st_ino for p in (tmp_path / "aside").rglob("*.bin")}
+    assert kept == set(inodes)  # the same files, moved: no inode was freed
+
+
+def test_clean_deletes_the_files_of_a_run_when_not_set_aside(tmp_path: Path) -> None:
+    ctx = _ctx(tmp_path, set_aside=False)
+    _leave_a_run(ctx)
+    ctx.clean()
+    assert sorted(p.name for p in ctx.served.iterdir()) == ["small"]
+    assert list(ctx.dl.iterdir()) == []
+    assert not (tmp_path / "aside").exists()
+
+
+@pytest.mark.timeout(150)
+def test_benchmark_files_case_runs_twice_with_its_files_set_aside(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--runs", "2", "--cases", "files",
+         "--tools", "raw", "tcpft", "--workdir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| files ")]
+    assert len(rows) == 6, out  # raw, tcpft TLS and plaintext, both ways
+    assert all("files/s" in row and "ERROR" not in row for row in rows), out
+    assert list(tmp_path.iterdir()) == []  # removed with the work directory
