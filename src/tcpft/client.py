@@ -549,12 +549,15 @@ class Session:
                     f"the {self.algorithm} digest of {printable(req.remote)} does not match; "
                     "discarded"
                 )
+            # Verified: the server's part is done. Acknowledged first, so that the
+            # session goes on whatever happens here, and the server sends the next file
+            # while this one is published.
+            self._send(Ack(True))
             with _local(target):
                 os.fchmod(fd, self._file_mode)  # private while partial, then as usual
                 os.utime(fd, ns=(reply.mtime_ns, reply.mtime_ns))
                 _publish(partial, target, force=req.force)
             keep = None  # published: nothing left to keep or remove
-            self._send(Ack(True))
             return TransferResult(
                 req.remote, target, reply.size, pos - reply.offset, reply.offset,
                 done.digest.hex(), self.algorithm, time.monotonic() - started,

@@ -95,6 +95,33 @@ def test_a_failed_file_is_reported_in_its_turn_and_the_rest_arrive(
 
 
 @pytest.mark.timeout(60)
+def test_a_target_that_appears_during_its_download_fails_that_file_alone(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = _files(env, 6)
+    intruder = env.client / "f0002.bin"
+
+    def progress_for(remote: str) -> Callable[[int, int], None] | None:
+        if remote != names[2]:
+            return None
+        return lambda pos, size: intruder.write_text("mine\n") if pos == size else None
+
+    with login(server) as s:
+        jobs = ((n, env.client) for n in names)
+        outcomes = list(s.download_many(jobs, progress_for=progress_for))
+        assert s.conn.state is State.READY
+        assert s.download("hello.txt", env.client).size == 13  # the session goes on
+    errors = {r: type(o) for r, o in outcomes if isinstance(o, TcpftError)}
+    assert errors == {names[2]: AlreadyExists}
+    assert intruder.read_text() == "mine\n"  # never overwritten
+    assert _same(env, names[2], env.client / ("f0002.bin" + PARTIAL_SUFFIX))  # kept, verified
+    for remote, result in outcomes:
+        if isinstance(result, TransferResult):
+            assert _same(env, remote, result.local)
+    assert len([o for _, o in outcomes if isinstance(o, TransferResult)]) == 5
+
+
+@pytest.mark.timeout(60)
 def test_stopping_early_finishes_what_was_requested(
     env: Env, server: ServerThread, login: Login_
 ) -> None:
