@@ -511,26 +511,25 @@ class Ctx:
 
         While ``set_aside`` is on (the files case), they are moved into ``work/aside``
         and removed only with the work directory. On ext4 without a journal (the
-        machine of docs/PERFORMANCE.md), creating a file within about 30 s after
-        thousands were deleted costs 0.5-0.8 ms instead of 0.05-0.1: the inode
-        allocator steps over every recently deleted inode of the block group, reading
-        each one's deletion time. Deleting a run's 1,000 files just before the next run
-        made every run after the first measure that instead of the tool.
+        machine of docs/PERFORMANCE.md), an inode deleted in the last minute (six,
+        while its table block is dirty) is not reused, and the allocator steps over
+        each one, reading its deletion time: creating a file right after thousands
+        were deleted costs 0.5-0.8 ms instead of 0.06-0.25. Deleting a run's 1,000
+        files just before the next run made every run after the first measure that
+        instead of the tool.
         """
+        leftovers = [e for e in self.served.iterdir() if e.name not in self.original]
         if self.set_aside:
             aside = self.work / "aside" / str(self.next_id())
             aside.mkdir(parents=True)
-            for entry in self.served.iterdir():
-                if entry.name not in self.original:
-                    entry.rename(aside / entry.name)
-            self.dl.rename(aside / self.dl.name)
+            for entry in [*leftovers, self.dl]:
+                entry.rename(aside / entry.name)
         else:
-            for entry in self.served.iterdir():
-                if entry.name not in self.original:
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry)
-                    else:
-                        entry.unlink()
+            for entry in leftovers:
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
             shutil.rmtree(self.dl, ignore_errors=True)
         self.dl.mkdir()
         os.sync()  # no write-back of the last run's files during the next one
