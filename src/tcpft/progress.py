@@ -222,7 +222,13 @@ class _SpeedColumn(ProgressColumn):
 
 
 class BarReporter(Reporter):
-    """A transient rich progress bar per file on stderr; summaries printed above it."""
+    """A transient rich progress bar per file on stderr; summaries printed above it.
+
+    The display is drawn at most ``UPDATES_PER_SECOND`` times a second whatever the
+    number of files: summary lines wait for the next draw, and a file gets its bar
+    only if it is still going when a draw is due. Drawing costs about a millisecond,
+    and drawn for every file, 1,000 files of 64 KiB took 3.4 s instead of 1.0.
+    """
 
     def __init__(self, verb: str, *, quiet: bool = False, console: Console | None = None) -> None:
         super().__init__(verb, quiet=quiet)
@@ -238,9 +244,11 @@ class BarReporter(Reporter):
             auto_refresh=False,
         )
         self._tasks: dict[str, TaskID] = {}
+        self._lines: list[Text] = []  # summaries and errors waiting for the next draw
+        self._draw_at = 0.0  # time.monotonic() of the next draw
 
     def track(self, path: str) -> Progress:
-        """Return a callback that adds and advances a bar for ``path``, throttled."""
+        """Return a callback that advances the bar of ``path`` (made when first drawn)."""
         bar, label = self.bar, printable(path)
         task: TaskID | None = None
         next_at = 0.0
@@ -251,30 +259,42 @@ class BarReporter(Reporter):
             if now < next_at and done < total:
                 return
             next_at = now + _INTERVAL
-            if task is None:
-                task = bar.add_task(label, total=total, completed=done)
+            if task is not None:
+                bar.update(task, completed=done, total=total, visible=done < total)
+            elif done < total and now >= self._draw_at:
+                task = bar.add_task(label, total=total, completed=done)  # rich draws it
                 self._tasks[path] = task
-            bar.update(task, completed=done, total=total, visible=done < total)
-            bar.refresh()
+            self._draw(now)
 
         return update
 
     def finished(self, path: str, result: TransferResult) -> None:
-        """Drop the bar of ``path`` and print its summary line above the others."""
+        """Drop the bar of ``path``; its summary line goes above the others at the next draw."""
         self._drop(path)
         if not self.quiet:
-            self.console.print(Text(summary_line(self.verb, path, result)))
+            self._lines.append(Text(summary_line(self.verb, path, result)))
+        self._draw(time.monotonic())
 
     def failed(self, path: str, exc: TcpftError) -> None:
-        """Drop the bar of ``path`` and print the error above the others."""
+        """Drop the bar of ``path`` and print the error above the others, at once."""
         self._drop(path)
-        self.console.print(Text(error_line(exc)))
+        self._lines.append(Text(error_line(exc)))
+        self._draw(time.monotonic(), force=True)
 
     def _drop(self, path: str) -> None:
         task = self._tasks.pop(path, None)
         if task is not None:
             self.bar.remove_task(task)
-            self.bar.refresh()
+
+    def _draw(self, now: float, *, force: bool = False) -> None:
+        """Print the waiting lines and redraw the bars, if a draw is due (or forced)."""
+        if now < self._draw_at and not force:
+            return
+        self._draw_at = now + _INTERVAL
+        self.bar.refresh()  # what printing redraws below the lines is the last refresh
+        if self._lines:
+            self.console.print(Text("\n").join(self._lines))
+            self._lines.clear()
 
     def __enter__(self) -> BarReporter:
         self.bar.start()
@@ -283,7 +303,10 @@ class BarReporter(Reporter):
     def __exit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.bar.stop()
+        try:
+            self._draw(time.monotonic(), force=True)
+        finally:
+            self.bar.stop()
 
 
 class JsonReporter(Reporter):
