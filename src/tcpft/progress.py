@@ -64,7 +64,7 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Most redraws (bar) or progress events (JSON) per second and per file.
+#: Most redraws of the display (bars, in all) or progress events (JSON, per file) a second.
 UPDATES_PER_SECOND = 10
 _INTERVAL = 1.0 / UPDATES_PER_SECOND
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
