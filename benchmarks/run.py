@@ -9,7 +9,8 @@ own process, started fresh for every measured run, on 127.0.0.1; every client is
 separate process too, so the CPU time and peak RSS of each side are measured apart:
 
 - server CPU: psutil ``cpu_times`` of the server (and its child processes) just before
-  the client starts and just after it ends;
+  the client starts and just after it ends; with many clients, from the moment they
+  have all logged in (the logins' CPU is shown apart, in the notes);
 - server peak RSS: the larger of its ``VmHWM`` and the sum of the RSS of its process
   tree sampled every 50 ms (sshd forks a process per connection);
 - client CPU and peak RSS: Python clients (tcpft, raw) report their own ``VmHWM`` and
@@ -789,8 +790,14 @@ def _read_json_line(text: str) -> dict[str, Any]:
 
 
 def _run_python_clients(
-    ctx: Ctx, argvs: list[list[str]], timeout: float, timing: str
+    ctx: Ctx,
+    argvs: list[list[str]],
+    timeout: float,
+    timing: str,
+    at_barrier: Callable[[], None] | None = None,
 ) -> list[ClientResult]:
+    """Run the clients; with several, all log in first, then ``at_barrier`` runs and
+    they start together."""
     barrier = len(argvs) > 1
     if barrier:
         argvs = [[*a, "--barrier"] for a in argvs]
@@ -833,6 +840,8 @@ def _run_python_clients(
             login_start = time.monotonic()
             pump(lambda: all(b"READY\n" in outputs[c.pid] for c in children), "logging in")
             login_s = time.monotonic() - login_start
+            if at_barrier is not None:
+                at_barrier()
             for c in children:
                 assert c.popen.stdin is not None
                 c.popen.stdin.write(b"go\n")
@@ -904,8 +913,16 @@ def measure(ctx: Ctx, plan: Plan) -> Sample:
         ctx.prime_page_cache(total_bytes)
         cpu0 = srv.cpu()
         extra: dict[str, float] = {}
+
+        def at_barrier() -> None:
+            """Many clients: the server's CPU counts from their start, logins apart."""
+            nonlocal cpu0
+            now = srv.cpu()
+            extra["login_server_cpu_s"] = now - cpu0
+            cpu0 = now
+
         if plan.python:
-            results = _run_python_clients(ctx, argvs, timeout, plan.timing)
+            results = _run_python_clients(ctx, argvs, timeout, plan.timing, at_barrier)
             if n_clients == 1:
                 seconds = results[0].seconds
             else:
@@ -1343,6 +1360,9 @@ def table(rows: list[Row], sizes: Sizes, runs: int) -> str:
             login = row.median(lambda s: s.extra.get("login_phase_s"))
             if login is not None:
                 notes.append(f"start+login {login:.1f} s")
+            login_cpu = row.median(lambda s: s.extra.get("login_server_cpu_s"))
+            if login_cpu is not None:
+                notes.append(f"their logins' server CPU {login_cpu:.2f} s, apart")
         if row.case == "big" and row.family in ("raw", "tcpft-tls", "tcpft-plain"):
             alone = row.median(lambda s: s.bytes / s.extra["transfer_s"] / MB)
             login = row.median(lambda s: s.extra["connect_s"])

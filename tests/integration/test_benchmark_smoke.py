@@ -127,3 +127,23 @@ def test_benchmark_files_case_runs_twice_with_its_files_set_aside(tmp_path: Path
     assert len(rows) == 6, out  # raw, tcpft TLS and plaintext, both ways
     assert all("files/s" in row and "ERROR" not in row for row in rows), out
     assert list(tmp_path.iterdir()) == []  # removed with the work directory
+
+
+@pytest.mark.timeout(150)
+def test_benchmark_clients_case_counts_the_logins_apart() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--runs", "1", "--cases", "clients",
+         "--tools", "raw", "tcpft"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| clients ")]
+    assert len(rows) == 6, out  # raw, tcpft TLS and plaintext, both ways
+    for row in rows:
+        assert "aggregate/1 = " in row and "ERROR" not in row, row
+        login_cpu = row.split("their logins' server CPU ")[1].split(" s")[0]
+        assert float(login_cpu) >= 0, row
+    tls = next(row for row in rows if "tcpft TLS download" in row)
+    # an argon2id verification for each of the 5 logins: tens of milliseconds each
+    assert float(tls.split("their logins' server CPU ")[1].split(" s")[0]) > 0.05, tls
