@@ -15,14 +15,13 @@ import argparse
 import asyncio
 import cProfile
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
 from tcpft.auth import UserStore
 from tcpft.config import ServerConfig
-from tcpft.native import SERVER_MALLOC_ARENAS, limit_malloc_arenas
+from tcpft.native import tune_server_malloc
 from tcpft.server import Server
 from tcpft.tls import ensure_server_certificate, server_context
 
@@ -70,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="OUT")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    if "MALLOC_ARENA_MAX" not in os.environ:  # as `tcpft serve` does
-        limit_malloc_arenas(SERVER_MALLOC_ARENAS)
+    tune_server_malloc()  # as `tcpft serve` does
     if not args.profile:
         asyncio.run(_serve(args))
         return 0

@@ -400,7 +400,7 @@ def _toml_value(value: object) -> str:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from .auth import UserStore, create_default
-    from .native import SERVER_MALLOC_ARENAS, limit_malloc_arenas
+    from .native import tune_server_malloc
     from .server import Server
 
     config = _server_config(args)
@@ -431,8 +431,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             cert, key_file = ensure_server_certificate(config.state_dir)
         ctx = server_context(cert, key_file)
         _err(f"fingerprint: {certificate_fingerprint(cert)}")
-    if "MALLOC_ARENA_MAX" not in os.environ:  # the user's own setting wins
-        limit_malloc_arenas(SERVER_MALLOC_ARENAS)
+    tune_server_malloc()
     asyncio.run(_serve(Server(config, users, ctx)))
     return 0
 

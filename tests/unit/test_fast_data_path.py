@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +25,6 @@ from tcpft.messages import (
     Welcome,
 )
 from tcpft.native import (
-    limit_malloc_arenas,
     preallocate,
     release_preallocation,
     start_writeback,
@@ -180,9 +183,50 @@ def test_cached_read_gives_the_bytes_or_none(tmp_path: Path) -> None:
         os.close(fd)
 
 
-def test_malloc_arenas_can_be_limited_on_glibc() -> None:
+_FREED_LOGIN_BLOCKS = """
+import ctypes, json, sys
+from tcpft.native import tune_server_malloc
+applied = tune_server_malloc() if sys.argv[1] == "tuned" else []
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+def rss_kib():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS:"))
+before = rss_kib()
+for _ in range(3):  # an argon2id login's memory, asked for and given back
+    block = libc.malloc(19 << 20)
+    ctypes.memset(block, 1, 19 << 20)
+    libc.free(block)
+print(json.dumps({"applied": applied, "kept_kib": rss_kib() - before}))
+"""
+
+
+def _freed_login_blocks(mode: str, **env: str) -> dict[str, Any]:
     import platform
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert limit_malloc_arenas(16) is True  # no fewer than glibc allows 2 cores by default
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    out = subprocess.run(
+        [sys.executable, "-c", _FREED_LOGIN_BLOCKS, mode],
+        env={**clean, **env}, capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def test_a_server_gives_back_the_memory_of_big_blocks_it_freed() -> None:
+    tuned = _freed_login_blocks("tuned")
+    assert tuned["applied"] == ["MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_"]
+    assert tuned["kept_kib"] < 4 * 1024, tuned
+    # glibc's default: after the first block, the next ones come from the heap and stay.
+    assert _freed_login_blocks("default")["kept_kib"] > 16 * 1024
+
+
+def test_the_users_own_malloc_settings_win() -> None:
+    tuned = _freed_login_blocks("tuned", MALLOC_ARENA_MAX="4")
+    assert tuned["applied"] == ["MALLOC_MMAP_THRESHOLD_"]
+    tuned = _freed_login_blocks("tuned", MALLOC_MMAP_THRESHOLD_="1048576")
+    assert tuned["applied"] == ["MALLOC_ARENA_MAX"]
