@@ -86,7 +86,8 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 def tune_server_malloc() -> list[str]:
     """Set glibc malloc up for a server; return the settings applied.
 
-    Each is skipped when its environment variable is set: the user's own choice wins.
+    Each is skipped when the user chose otherwise, with its environment variables or
+    glibc's tunables (``GLIBC_TUNABLES``): the user's own choice wins.
 
     - ``MALLOC_ARENA_MAX``: the threads share at most :data:`SERVER_MALLOC_ARENAS`
       heaps. By default glibc gives each thread that allocates under contention a heap
@@ -102,22 +103,30 @@ def tune_server_malloc() -> list[str]:
 
     Call it early, before threads start.
     """
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
     applied = []
-    settings = (
-        ("MALLOC_ARENA_MAX", ((_M_ARENA_MAX, SERVER_MALLOC_ARENAS),)),
+    settings = (  # (environment variable: its glibc tunable), what mallopt sets
+        ({"MALLOC_ARENA_MAX": "arena_max"}, ((_M_ARENA_MAX, SERVER_MALLOC_ARENAS),)),
         (
-            "MALLOC_MMAP_THRESHOLD_",
+            {
+                "MALLOC_MMAP_THRESHOLD_": "mmap_threshold",
+                "MALLOC_TRIM_THRESHOLD_": "trim_threshold",
+            },
             (
                 (_M_MMAP_THRESHOLD, SERVER_MMAP_THRESHOLD),
                 (_M_TRIM_THRESHOLD, 2 * SERVER_MMAP_THRESHOLD),
             ),
         ),
     )
-    for variable, options in settings:
-        if variable in os.environ or _mallopt is None:
+    for names, options in settings:
+        chosen = any(
+            variable in os.environ or f"glibc.malloc.{tunable}" in tunables
+            for variable, tunable in names.items()
+        )
+        if chosen or _mallopt is None:
             continue
         if all(_mallopt(option, value) == 1 for option, value in options):
-            applied.append(variable)
+            applied.append(next(iter(names)))
     return applied
 
 

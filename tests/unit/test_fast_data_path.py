@@ -208,7 +208,7 @@ def _freed_login_blocks(mode: str, **env: str) -> dict[str, Any]:
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
     out = subprocess.run(
         [sys.executable, "-c", _FREED_LOGIN_BLOCKS, mode],
         env={**clean, **env}, capture_output=True, text=True, check=True, timeout=60,
@@ -230,3 +230,7 @@ def test_the_users_own_malloc_settings_win() -> None:
     assert tuned["applied"] == ["MALLOC_MMAP_THRESHOLD_"]
     tuned = _freed_login_blocks("tuned", MALLOC_MMAP_THRESHOLD_="1048576")
     assert tuned["applied"] == ["MALLOC_ARENA_MAX"]
+    tuned = _freed_login_blocks("tuned", MALLOC_TRIM_THRESHOLD_="1048576")
+    assert tuned["applied"] == ["MALLOC_ARENA_MAX"]
+    tuned = _freed_login_blocks("tuned", GLIBC_TUNABLES="glibc.malloc.arena_max=4")
+    assert tuned["applied"] == ["MALLOC_MMAP_THRESHOLD_"]
