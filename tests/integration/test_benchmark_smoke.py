@@ -114,36 +114,37 @@ def test_clean_deletes_the_files_of_a_run_when_not_set_aside(tmp_path: Path) -> 
     assert not (tmp_path / "aside").exists()
 
 
-@pytest.mark.timeout(150)
-def test_benchmark_files_case_runs_twice_with_its_files_set_aside(tmp_path: Path) -> None:
+def _quick_rows(case: str, *options: str) -> list[str]:
+    """The table rows of a quick benchmark of ``case``, raw and tcpft."""
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--runs", "2", "--cases", "files",
-         "--tools", "raw", "tcpft", "--workdir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--cases", case,
+         "--tools", "raw", "tcpft", *options],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| files ")]
+    rows = [line for line in result.stdout.splitlines() if line.startswith(f"| {case} ")]
     assert len(rows) == 6, out  # raw, tcpft TLS and plaintext, both ways
-    assert all("files/s" in row and "ERROR" not in row for row in rows), out
+    assert not any("ERROR" in row for row in rows), out
+    return rows
+
+
+@pytest.mark.timeout(150)
+def test_benchmark_files_case_runs_twice_with_its_files_set_aside(tmp_path: Path) -> None:
+    rows = _quick_rows("files", "--runs", "2", "--workdir", str(tmp_path))
+    assert all("files/s" in row for row in rows), rows
     assert list(tmp_path.iterdir()) == []  # removed with the work directory
+
+
+def _logins_cpu(row: str) -> float:
+    return float(row.split("their logins' server CPU ")[1].split(" s")[0])
 
 
 @pytest.mark.timeout(150)
 def test_benchmark_clients_case_counts_the_logins_apart() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--runs", "1", "--cases", "clients",
-         "--tools", "raw", "tcpft"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out
-    rows = [line for line in result.stdout.splitlines() if line.startswith("| clients ")]
-    assert len(rows) == 6, out  # raw, tcpft TLS and plaintext, both ways
+    rows = _quick_rows("clients", "--runs", "1")
     for row in rows:
-        assert "aggregate/1 = " in row and "ERROR" not in row, row
-        login_cpu = row.split("their logins' server CPU ")[1].split(" s")[0]
-        assert float(login_cpu) >= 0, row
+        assert "aggregate/1 = " in row and _logins_cpu(row) >= 0, row
     tls = next(row for row in rows if "tcpft TLS download" in row)
     # an argon2id verification for each of the 5 logins: tens of milliseconds each
-    assert float(tls.split("their logins' server CPU ")[1].split(" s")[0]) > 0.05, tls
+    assert _logins_cpu(tls) > 0.05, tls
