@@ -45,3 +45,6 @@ DIGEST_SIZE = 32
 
 #: Most GETs a client may send ahead of the one in progress (protocol version 2).
 MAX_GETS_AHEAD = 8
+
+#: Most streamed uploads whose verdict a client may be waiting for (protocol version 4).
+MAX_PUTS_AHEAD = 8

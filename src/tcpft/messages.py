@@ -440,7 +440,12 @@ class Ack(Message):
 
 @dataclass(frozen=True, slots=True)
 class Put(Message):
-    """Client -> server: I want to upload ``size`` bytes to ``path``."""
+    """Client -> server: I want to upload ``size`` bytes to ``path``.
+
+    With ``stream`` (protocol version 4) the client sends the DATA from offset 0 and
+    the DONE at once, without waiting for PUT_READY, and the server's verdict comes
+    later (docs/PROTOCOL.md, "Streamed PUTs").
+    """
 
     TYPE: ClassVar[int] = 0x0D
     path: str
@@ -448,19 +453,24 @@ class Put(Message):
     mtime_ns: int
     force: bool = False
     resume: bool = False
+    stream: bool = False
 
     def _write(self, w: _Writer) -> None:
+        if self.stream and self.resume:
+            raise LocalProtocolError("a streamed PUT cannot resume")
         w.str(self.path)
         w.u64(self.size)
         w.i64(self.mtime_ns)
-        w.u8((1 if self.force else 0) | (2 if self.resume else 0))
+        w.u8((1 if self.force else 0) | (2 if self.resume else 0) | (4 if self.stream else 0))
 
     @classmethod
     def _read(cls, r: _Reader) -> Put:
         path, size, mtime_ns, flags = r.str(), r.u64(), r.i64(), r.u8()
-        if flags & ~3:
+        if flags & ~7:
             raise RemoteProtocolError(f"unknown PUT flags 0x{flags:02x}")
-        return cls(path, size, mtime_ns, bool(flags & 1), bool(flags & 2))
+        if flags & 6 == 6:
+            raise RemoteProtocolError("a streamed PUT cannot resume")
+        return cls(path, size, mtime_ns, bool(flags & 1), bool(flags & 2), bool(flags & 4))
 
 
 @dataclass(frozen=True, slots=True)

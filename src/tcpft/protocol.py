@@ -16,6 +16,13 @@ From protocol version 2 the client may pipeline GETs: while a download is under 
 it may send up to :data:`~tcpft.limits.MAX_GETS_AHEAD` more GETs. Both sides queue them
 and start the next one when the conversation comes back to READY, so the state table
 itself stays strictly turn by turn (docs/PROTOCOL.md, "Pipelined GETs").
+
+From protocol version 4 the client may stream PUTs: a PUT with the ``stream`` flag
+goes straight to UPLOADING (as if PUT_READY with offset 0 had come), and its DONE
+straight back to READY. The server's verdict on it, ACK or a non-fatal ERROR, is
+owed: up to :data:`~tcpft.limits.MAX_PUTS_AHEAD` verdicts may be owed at a time,
+and the server sends them in order and before anything else (docs/PROTOCOL.md,
+"Streamed PUTs").
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from .limits import (
     MAX_DATA_PAYLOAD,
     MAX_GETS_AHEAD,
     MAX_PRELOGIN_PAYLOAD,
+    MAX_PUTS_AHEAD,
 )
 from .messages import (
     Ack,
@@ -147,7 +155,15 @@ PIPELINE_STATES: Final = frozenset(
     {State.GET_WAIT, State.DOWNLOADING, State.DOWNLOAD_ACK, State.LISTING}
 )
 
-#: States in which the peer closing the connection is a clean end, not a cut.
+#: Protocol version from which the client may stream PUTs.
+STREAMING_VERSION: Final = 4
+
+#: States in which the server may send the verdict on a streamed upload (version 4):
+#: the client may have streamed more PUTs, or be in the middle of the next one.
+VERDICT_STATES: Final = frozenset({State.READY, State.UPLOADING, State.UPLOAD_REFUSED})
+
+#: States in which the peer closing the connection is a clean end, not a cut
+#: (provided that no upload verdict is owed).
 CLEAN_EOF_STATES: Final = frozenset({State.READY, State.CLOSED})
 
 _BULK_TYPES: Final = frozenset({Data.TYPE, ListEntries.TYPE})
@@ -174,7 +190,12 @@ def payload_limit(state: State, sender: Role, frame_type: int) -> int | None:
     if state is State.CLOSED:
         return None
     ahead = frame_type == Get.TYPE and sender is C and state in PIPELINE_STATES
-    if frame_type != Error.TYPE and (state, sender, frame_type) not in _ALLOWED and not ahead:
+    verdict = frame_type == Ack.TYPE and sender is S and state in VERDICT_STATES
+    if (
+        frame_type != Error.TYPE
+        and (state, sender, frame_type) not in _ALLOWED
+        and not (ahead or verdict)
+    ):
         return None
     if state in PRELOGIN_STATES:
         return MAX_PRELOGIN_PAYLOAD
@@ -226,6 +247,8 @@ class Connection:
         self._ahead: deque[Get] = deque()  # GETs sent ahead, not started yet
         self._in_get = False  # from a GET's start until READY with nothing queued
         self._started: deque[Get] = deque()  # the client's queued GETs, now due (server)
+        self._streamed = False  # the upload in progress began with a streamed PUT
+        self._owed = 0  # verdicts on streamed uploads not sent (server) or received (client)
 
     # --- sending -------------------------------------------------------------------
 
@@ -357,7 +380,7 @@ class Connection:
     def _at_end_of_buffer(self) -> Event:
         if not self._eof:
             return NEED_DATA
-        if self.state in CLEAN_EOF_STATES and not self._decoder.buffered:
+        if self.state in CLEAN_EOF_STATES and not self._decoder.buffered and not self._owed:
             self._close()
             return CLOSED
         where = self.state.value
@@ -376,6 +399,19 @@ class Connection:
         """GETs sent ahead (pipelined) and not started yet."""
         return len(self._ahead)
 
+    @property
+    def verdicts_owed(self) -> int:
+        """Streamed uploads ended with DONE whose verdict (ACK or ERROR) is still due."""
+        return self._owed
+
+    def may_stream_put(self) -> bool:
+        """Whether the client may send a streamed PUT now."""
+        return (
+            self.version >= STREAMING_VERSION
+            and self.state is State.READY
+            and self._owed < MAX_PUTS_AHEAD
+        )
+
     def may_send_get_ahead(self) -> bool:
         """Whether the client may send a GET now without waiting for READY."""
         return (
@@ -390,6 +426,7 @@ class Connection:
         self._ahead.clear()
         self._started.clear()
         self._in_get = False
+        self._owed = 0
 
     def _advance(self, sender: Role, msg: Message, *, local: bool) -> bool:
         """Apply ``msg``; True when it is a GET sent ahead (queued, state unchanged)."""
@@ -401,6 +438,10 @@ class Connection:
                 raise err(f"more than {MAX_GETS_AHEAD} GETs sent ahead")
             self._ahead.append(msg)
             return True
+        if self._owed and self._verdict(sender, msg, local=local):
+            return False
+        if isinstance(msg, Put) and msg.stream:
+            return self._start_stream(msg, local=local)
         new = _transition(self.state, sender, msg, local=local)
         if isinstance(msg, Data):
             self._check_data(sender, len(msg.data), local=local)
@@ -411,6 +452,11 @@ class Connection:
         ):
             err = LocalProtocolError if local else RemoteProtocolError
             raise err(f"DONE while {self._remaining} announced bytes are missing")
+        if isinstance(msg, Done) and self.state is State.UPLOADING and self._streamed:
+            new = State.READY  # the verdict comes later
+            self._owed += 1
+        if new is not State.UPLOADING and new is not State.UPLOAD_REFUSED:
+            self._streamed = False
         if isinstance(msg, FileHeader):
             self._remaining = msg.size - msg.offset
         elif isinstance(msg, Put):
@@ -435,6 +481,38 @@ class Connection:
                 self._in_get = False
         elif new is State.CLOSED:
             self._close()
+        return False
+
+    def _verdict(self, sender: Role, msg: Message, *, local: bool) -> bool:
+        """With verdicts owed: True when ``msg`` is one (taken); raise if not allowed."""
+        err = LocalProtocolError if local else RemoteProtocolError
+        name = type(msg).__name__
+        if sender is S:
+            if isinstance(msg, Ack) or (isinstance(msg, Error) and not is_fatal(msg.code)):
+                if self.state not in VERDICT_STATES:
+                    raise err(f"upload verdict in state {self.state.value}")
+                self._owed -= 1
+                return True
+            if not isinstance(msg, Error):  # a fatal ERROR ends everything, verdicts too
+                raise err(f"{name} before the {self._owed} upload verdict(s) owed")
+            return False
+        streamed = isinstance(msg, Put) and msg.stream
+        if not (streamed or isinstance(msg, (Data, Done, Error))):
+            raise err(f"{name} while {self._owed} upload verdict(s) are owed")
+        return False
+
+    def _start_stream(self, msg: Put, *, local: bool) -> bool:
+        """A streamed PUT: straight to UPLOADING, all ``size`` bytes due."""
+        err = LocalProtocolError if local else RemoteProtocolError
+        if self.version < STREAMING_VERSION:
+            raise err(f"a streamed PUT needs protocol version {STREAMING_VERSION}")
+        if self.state is not State.READY:
+            raise err(f"client may not send Put in state {self.state.value}")
+        if self._owed >= MAX_PUTS_AHEAD:
+            raise err(f"a streamed PUT with {MAX_PUTS_AHEAD} upload verdicts owed")
+        self.state = State.UPLOADING
+        self._streamed = True
+        self._put_size = self._remaining = msg.size
         return False
 
     def _check_data(self, sender: Role, length: int, *, local: bool) -> None:

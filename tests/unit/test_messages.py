@@ -218,11 +218,26 @@ def test_entry_count_larger_than_payload_is_refused() -> None:
         decode_message(ListEntries.TYPE, payload)
 
 
-@pytest.mark.parametrize("flags", ["04", "08", "80", "ff", "07"])
+@pytest.mark.parametrize("flags", ["08", "80", "ff", "0f"])
 def test_put_unknown_flag_bits_are_refused(flags: str) -> None:
     payload = h("0001 66 0000000000000003 0000000000000000" + flags)
     with pytest.raises(RemoteProtocolError, match="flags"):
         decode_message(Put.TYPE, payload)
+
+
+@pytest.mark.parametrize("flags", ["06", "07"])
+def test_put_stream_with_resume_is_refused(flags: str) -> None:
+    payload = h("0001 66 0000000000000003 0000000000000000" + flags)
+    with pytest.raises(RemoteProtocolError, match="streamed PUT cannot resume"):
+        decode_message(Put.TYPE, payload)
+    with pytest.raises(LocalProtocolError, match="streamed PUT cannot resume"):
+        Put("f", 3, 0, resume=True, stream=True).encode_payload()
+
+
+def test_put_stream_flag_is_bit_2() -> None:
+    msg = Put("f", 3, 0, force=True, stream=True)
+    assert msg.encode_payload()[-1] == 0x05
+    assert decode_message(Put.TYPE, msg.encode_payload()) == msg
 
 
 def test_get_offset_without_digest_is_refused() -> None:
