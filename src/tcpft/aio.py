@@ -57,6 +57,12 @@ class AsyncSession:
         """See :meth:`Session.download_many`; returns every outcome at the end."""
         return await self._call(lambda: list(self.session.download_many(jobs, **kw)))
 
+    async def upload_many(
+        self, jobs: Iterable[tuple[Path | str, str | None]], **kw: Any
+    ) -> Outcomes:
+        """See :meth:`Session.upload_many`; returns every outcome at the end."""
+        return await self._call(lambda: list(self.session.upload_many(jobs, **kw)))
+
     async def glob(self, pattern: str) -> Entries:
         """See :meth:`Session.glob`."""
         return await self._call(self.session.glob, pattern)

@@ -26,7 +26,7 @@ from .limits import DIGEST_SIZE, MAX_ERROR_TEXT_BYTES, MAX_SOFTWARE_BYTES
 
 MAGIC = b"TCPF"
 #: The highest protocol version this code speaks, and the lowest.
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MIN_PROTOCOL_VERSION = 1
 
 _U8 = struct.Struct("!B")

@@ -27,9 +27,11 @@ from .auth import LoginGuard, User, UserStore
 from .auth import prepare as prepare_logins
 from .config import ServerConfig
 from .errors import (
+    AlreadyExists,
     ConnectionBroken,
     ErrorCode,
     FileChanged,
+    PermissionDenied,
     ProtocolError,
     RemoteProtocolError,
     TcpftError,
@@ -119,6 +121,16 @@ class _Transfer:
     bytes: int = 0
     digest: str = ""  # "blake3:<hex>" (or "sha256:<hex>" with older clients)
     result: str | None = None  # None until the transfer reached an outcome
+    deferred: bool = False  # its audit line is written later, with its verdict
+
+
+@dataclasses.dataclass
+class _Received:
+    """An upload received whole, to be checked and committed."""
+
+    last: memoryview | None  # the final chunk, not written yet
+    hasher: Hasher
+    digest: bytes  # the client's, from DONE
 
 
 class Server:
@@ -318,6 +330,10 @@ class _Session:
         self.logged_in = False  # counted out of the pre-login connections
         self.busy = False
         self.pacer = Pacer(self.cfg.limit_rate) if self.cfg.limit_rate else None
+        # Streamed uploads (version 4) being committed, each sending its verdict in
+        # turn; the last one is the end of the chain.
+        self._verdicts: set[asyncio.Task[None]] = set()
+        self._last_verdict: asyncio.Task[None] | None = None
 
     @property
     def algorithm(self) -> Algorithm:
@@ -429,6 +445,9 @@ class _Session:
             self.writer.transport.abort()
         except asyncio.CancelledError:
             if self.server.closing:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(_CLOSE_TIMEOUT):
+                        await self._flush_verdicts()
                 await self._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
             raise
         except TimeoutExpired as exc:
@@ -446,6 +465,7 @@ class _Session:
             log.exception("internal error serving %s", self.addr)
             await self._fatal(ErrorCode.INTERNAL_ERROR, "internal server error")
         finally:
+            await self._settle_verdicts()
             await self._close()
 
     async def _close(self) -> None:
@@ -496,6 +516,7 @@ class _Session:
     async def _requests(self) -> None:
         while True:
             if self.server.closing:
+                await self._flush_verdicts()
                 await self._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
                 return
             msg = await self._next(self.cfg.idle_timeout)
@@ -545,11 +566,15 @@ class _Session:
             rec.result = rec.result or "broken"
             raise
         finally:
-            user = self.user.name if self.user else ""
-            self.server.audit.event(
-                kind, user=user, addr=self.addr, path=path, bytes=rec.bytes,
-                digest=rec.digest, result=rec.result or "broken",
-            )  # fmt: skip
+            if not rec.deferred:
+                self._audit(kind, path, rec)
+
+    def _audit(self, kind: str, path: str, rec: _Transfer) -> None:
+        user = self.user.name if self.user else ""
+        self.server.audit.event(
+            kind, user=user, addr=self.addr, path=path, bytes=rec.bytes,
+            digest=rec.digest, result=rec.result or "broken",
+        )  # fmt: skip
 
     async def _download(self, req: Get) -> None:
         async with self._audited("transfer get", req.path) as rec:
@@ -744,45 +769,80 @@ class _Session:
     # --- upload --------------------------------------------------------------------
 
     async def _upload(self, req: Put) -> None:
-        server, user = self.server, self.user
-        assert user is not None
-        if not user.can_write:
-            await self._send(Error.of(ErrorCode.PERMISSION_DENIED, "this account is read-only"))
-            return
-        if req.path in server._uploads:
-            await self._send(
-                Error.of(ErrorCode.ALREADY_EXISTS, "an upload to this name is in progress")
-            )
-            return
+        server = self.server
+        if req.path in server._uploads and self._verdicts:
+            await self._flush_verdicts()  # this session's own upload of it may be ending
         try:
-            upload = server.storage.open_upload(
-                req.path,
-                req.size,
-                req.mtime_ns,
-                force=req.force,
-                resume=req.resume,
-                max_size=self.cfg.max_upload_size,
-                reserve_bytes=self.cfg.upload_reserve,
-            )
+            upload = self._open_upload(req)
         except TcpftError as exc:
-            await self._send(Error.of(exc.code, str(exc)))
+            await self._refuse(req, exc)
             return
         server._uploads.add(req.path)
         large = server._large_buffer_uploads < _LARGE_BUFFER_UPLOADS
         server._large_buffer_uploads += large
+        handed_over = False
         try:
             async with self._audited("transfer put", req.path) as rec:
                 size = _UPLOAD_BUFFER_LARGE if large else _UPLOAD_BUFFER
-                await self._receive_upload(req, upload, rec, size)
+                received = await self._receive_upload(req, upload, rec, size)
+                if received is None:
+                    pass
+                elif req.stream:  # committed meanwhile; the verdict follows in its turn
+                    rec.deferred = handed_over = True
+                    self._stream_verdict(req, upload, received, rec, large)
+                else:
+                    verdict, rec.result = await self._commit(upload, received)
+                    await self._send(verdict)
         finally:
-            server._large_buffer_uploads -= large
-            server._uploads.discard(req.path)
-            upload.abort(keep=True)  # no-op once settled; cut mid-way: kept for a resume
+            if not handed_over:
+                self._upload_ended(req, upload, large)
+
+    def _open_upload(self, req: Put) -> UploadHandle:
+        """The partial file of an upload; TcpftError for a refusal."""
+        server, user = self.server, self.user
+        assert user is not None
+        if not user.can_write:
+            raise PermissionDenied("this account is read-only")
+        if req.path in server._uploads:
+            raise AlreadyExists("an upload to this name is in progress")
+        return server.storage.open_upload(
+            req.path,
+            req.size,
+            req.mtime_ns,
+            force=req.force,
+            resume=req.resume,
+            max_size=self.cfg.max_upload_size,
+            reserve_bytes=self.cfg.upload_reserve,
+        )
+
+    async def _refuse(self, req: Put, exc: TcpftError) -> None:
+        """Refuse an upload; a streamed one's DATA is then read and thrown away."""
+        if not req.stream:
+            await self._send(Error.of(exc.code, str(exc)))
+            return
+        await self._flush_verdicts()
+        await self._send(Error.of(exc.code, str(exc)))
+        buffers: list[mmap.mmap | None] = [None]
+        item = await self._next_payload(buffers, _UPLOAD_BUFFER)
+        while isinstance(item, (memoryview, Data)):
+            item = await self._next_payload(buffers, _UPLOAD_BUFFER)
+        if isinstance(item, Cancel):
+            await self._send(Ack(True))
+
+    def _upload_ended(self, req: Put, upload: UploadHandle, large: bool) -> None:
+        server = self.server
+        server._large_buffer_uploads -= large
+        server._uploads.discard(req.path)
+        upload.abort(keep=True)  # no-op once settled; cut mid-way: kept for a resume
 
     async def _receive_upload(
         self, req: Put, upload: UploadHandle, rec: _Transfer, buffer_size: int
-    ) -> None:
-        """Run the upload until it is committed or discarded (``rec.result`` set)."""
+    ) -> _Received | None:
+        """Receive the upload to its end: what to commit, or None once it is settled.
+
+        Settled means cancelled or failed, ``rec.result`` saying which; the client has
+        been told (ERROR, or the ACK that confirms a CANCEL).
+        """
         offset, digest, hasher = 0, b"", new_hasher(self.algorithm)
         if req.resume and upload.offset:
             aligned = align_down(min(upload.offset, req.size))
@@ -794,7 +854,8 @@ class _Session:
                     os.close(fd)
                 offset, digest, hasher = aligned, scan.digest, scan.whole
         upload.truncate(offset)
-        await self._send(PutReady(offset, digest))
+        if not req.stream:
+            await self._send(PutReady(offset, digest))
         failed: TcpftError | None = None
         # One chunk is written and hashed in a worker while the next one arrives
         # into the other buffer.
@@ -808,6 +869,7 @@ class _Session:
                     failed, pending = await _settled(pending), None
                     if failed is not None:
                         upload.abort(keep=False)
+                        await self._flush_verdicts()
                         await self._send(Error.of(failed.code, str(failed)))
                 if isinstance(item, Data):
                     item = memoryview(item.data)
@@ -838,22 +900,24 @@ class _Session:
         if failed is not None:
             rec.result = "failed"
         elif isinstance(msg, Done):
-            rec.result = await self._finish_upload(upload, last, hasher, msg.digest)
+            return _Received(last, hasher, msg.digest)
         else:
             upload.abort(keep=False)
             rec.result = "cancelled"
         if isinstance(msg, Cancel):
             await self._send(Ack(True))
+        return None
 
-    async def _finish_upload(
-        self, upload: UploadHandle, last: memoryview | None, hasher: Hasher, theirs: bytes
-    ) -> str:
-        """Write the final chunk, check the digest and commit, in one worker trip."""
+    async def _commit(self, upload: UploadHandle, received: _Received) -> tuple[Message, str]:
+        """Write the final chunk, check the digest and commit, in one worker trip.
+
+        Returns the verdict for the client and the audit result.
+        """
 
         def finish() -> bool:
-            if last is not None:
-                _write_chunk(upload, last, hasher)
-            if hasher.digest() != theirs:
+            if received.last is not None:
+                _write_chunk(upload, received.last, received.hasher)
+            if received.hasher.digest() != received.digest:
                 return False
             upload.commit()
             return True
@@ -862,14 +926,53 @@ class _Session:
             committed = await asyncio.to_thread(finish)
         except TcpftError as exc:
             upload.abort(keep=False)
-            await self._send(Error.of(exc.code, str(exc)))
-            return "failed"
+            return Error.of(exc.code, str(exc)), "failed"
         if not committed:
             upload.abort(keep=False)
-            await self._send(Error.of(ErrorCode.DIGEST_MISMATCH, "the upload's digest differs"))
-            return "digest-mismatch"
-        await self._send(Ack(True))
-        return "ok"
+            mismatch = Error.of(ErrorCode.DIGEST_MISMATCH, "the upload's digest differs")
+            return mismatch, "digest-mismatch"
+        return Ack(True), "ok"
+
+    # --- streamed uploads (version 4) ------------------------------------------------
+
+    def _stream_verdict(
+        self, req: Put, upload: UploadHandle, received: _Received, rec: _Transfer, large: bool
+    ) -> None:
+        """Commit a streamed upload in the background and send its verdict in turn."""
+        before = self._last_verdict
+
+        async def verdict() -> None:
+            try:
+                msg, rec.result = await self._commit(upload, received)
+                if before is not None:
+                    await asyncio.wait([before])  # verdicts go out in order
+                await self._send(msg)
+            except _Abort as exc:
+                log.info("dropping %s: %s", self.addr, exc)
+                self.writer.transport.abort()
+            except (TcpftError, ConnectionError, ssl.SSLError, OSError) as exc:
+                log.info("verdict on %s not sent to %s: %s", req.path, self.addr, exc)
+            except Exception:  # a bug: the client must not wait for this verdict forever
+                log.exception("internal error committing an upload from %s", self.addr)
+                self.writer.transport.abort()
+            finally:
+                self._audit("transfer put", req.path, rec)
+                self._upload_ended(req, upload, large)
+
+        task = asyncio.ensure_future(verdict())
+        self._verdicts.add(task)
+        task.add_done_callback(self._verdicts.discard)
+        self._last_verdict = task
+
+    async def _flush_verdicts(self) -> None:
+        """Wait until every streamed upload's verdict has been sent (or given up)."""
+        if self._last_verdict is not None:
+            await asyncio.wait([self._last_verdict])
+
+    async def _settle_verdicts(self) -> None:
+        """At the end of the session: let every commit in progress finish."""
+        while self._verdicts:
+            await asyncio.wait(set(self._verdicts))
 
 
 def _read_cached(fd: int, n: int, pos: int) -> bytearray | None:

@@ -43,9 +43,11 @@ def _round_trip(env: Env, s: Session) -> tuple[TransferResult, TransferResult]:
 
 
 @pytest.mark.timeout(30)
-def test_version_3_digests_with_blake3(env: Env, server: ServerThread, login: Login_) -> None:
+def test_version_3_and_later_digests_with_blake3(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
     with login(server) as s:
-        assert (s.conn.version, s.algorithm) == (3, BLAKE3)
+        assert (s.conn.version, s.algorithm) == (4, BLAKE3)
         down, up = _round_trip(env, s)
     assert (down.algorithm, down.digest) == (BLAKE3, b3(env.root / "data.bin"))
     assert (up.algorithm, up.digest) == (BLAKE3, b3(env.client / "up.bin"))

@@ -58,7 +58,7 @@ def test_many_files_arrive_in_order_and_intact(
 ) -> None:
     names = [*_files(env, 300), "data.bin", "hello.txt"]
     with login(server) as s:
-        assert s.conn.version == 3 and s.algorithm == "blake3"
+        assert s.conn.version == 4 and s.algorithm == "blake3"
         outcomes = list(s.download_many((n, env.client / n.replace("/", "_")) for n in names))
         assert s.conn.state is State.READY
     assert [r for r, _ in outcomes] == names

@@ -9,7 +9,10 @@ The document marks what the code can check with HTML comments:
 - ``<!-- diagram: states -->`` then the Mermaid state diagram.
 - ``<!-- prefix-digest: 00*N 01*M -->`` then a fenced block: a worked prefix digest.
 - ``<!-- trace: NAME -->`` then a fenced block: a whole session, replayed through a
-  client and a server :class:`~tcpft.protocol.Connection`.
+  client and a server :class:`~tcpft.protocol.Connection`. A comment saying "ahead"
+  marks a pipelined GET, "starts" a queued GET that becomes the current one,
+  "verdict" the answer on a streamed upload, and "owed=N" the verdicts owed after
+  the frame.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from tcpft.protocol import (
     NEED_DATA,
     PIPELINE_STATES,
     TRANSITIONS,
+    VERDICT_STATES,
     Connection,
     Role,
     State,
@@ -322,7 +326,8 @@ def test_session_trace_replays(name: str, pos: int) -> None:
             continue
         frame_type, payload = _split_frame(bytes(frame))
         msg = messages.decode_message(frame_type, payload)
-        before = sender.state
+        before, owed = sender.state, sender.verdicts_owed
+        assert owed == receiver.verdicts_owed
         assert sender.send(msg) == frame
         receiver.receive_data(bytes(frame))
         if "ahead" in note:  # a pipelined GET (5.5): queued on both sides
@@ -334,6 +339,18 @@ def test_session_trace_replays(name: str, pos: int) -> None:
             assert isinstance(conns["S"].next_event(), messages.Get), note
         assert receiver.next_event() is NEED_DATA
         assert sender.state is receiver.state
+        assert sender.verdicts_owed == receiver.verdicts_owed
+        if "verdict" in note:  # a streamed upload's verdict (5.6): the state stays
+            assert who == "S" and isinstance(msg, messages.Ack | messages.Error), note
+            assert sender.state is before and before in VERDICT_STATES, note
+            assert sender.verdicts_owed == owed - 1, note
+        else:
+            assert sender.verdicts_owed >= owed, note
+        if isinstance(msg, messages.Put):
+            assert ("stream" in note) == msg.stream, note
+        count = re.search(r"owed=(\d+)", note)
+        if count:
+            assert sender.verdicts_owed == int(count.group(1)), note
         # The comment above the frame names it (and its code or verdict) and the new state.
         words = re.findall(r"[\w=]+", note)
         assert words[0] == names[msg.TYPE], (note, msg)
@@ -357,5 +374,10 @@ def test_constants_in_prose() -> None:
     assert " ".join(f"{b:02x}" for b in messages.MAGIC) in DOC
     assert f"The highest version today is **{messages.PROTOCOL_VERSION}**" in DOC
     assert f"At most **{limits.MAX_GETS_AHEAD}** GETs ahead" in DOC
+    assert f"At most **{limits.MAX_PUTS_AHEAD}** verdicts owed" in DOC
+    # Where a verdict may come, as 5 and 5.6 say it.
+    names = [state.value for state in State if state in VERDICT_STATES]
+    where = f"in {', '.join(names[:-1])} or {names[-1]} (`tcpft.protocol.VERDICT_STATES`)"
+    assert re.sub(r"\s+", " ", DOC).count(where) == 2
     # The fingerprint format example is the SHA-256 of empty input.
     assert fingerprint(b"") in DOC
