@@ -45,6 +45,9 @@ class _Client:
     def upload(self, local: Path, remote: str) -> int:
         raise NotImplementedError
 
+    def upload_all(self, names: list[str], base: Path, prefix: str) -> int:
+        return sum(self.upload(base / name, prefix + name.rsplit("/", 1)[-1]) for name in names)
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -76,6 +79,16 @@ class _Tcpft(_Client):
 
     def upload(self, local: Path, remote: str) -> int:
         return self.session.upload(local, remote, force=True).size
+
+    def upload_all(self, names: list[str], base: Path, prefix: str) -> int:
+        """As ``tcpft put -r`` does: small files streamed."""
+        total = 0
+        jobs = [(base / name, prefix + name.rsplit("/", 1)[-1]) for name in names]
+        for _, result in self.session.upload_many(jobs, force=True):
+            if isinstance(result, Exception):
+                raise result
+            total += result.size
+        return total
 
     def close(self) -> None:
         self.session.close()
@@ -185,8 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.op == "download":
             total = client.download_all(names, base)
         else:
-            for name in names:
-                total += client.upload(base / name, args.remote_prefix + name.rsplit("/", 1)[-1])
+            total = client.upload_all(names, base, args.remote_prefix)
     t3 = time.monotonic()
     client.close()
     t4 = time.monotonic()
