@@ -11,6 +11,7 @@ import asyncio
 import dataclasses
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,12 @@ class ServerThread:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(wrapper(), self.loop).result(10)
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait (at most ``timeout`` seconds) until no connection is left open."""
+        deadline = time.monotonic() + timeout
+        while self.call(lambda: self.server.connection_count) and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def stop(self, grace: float = 1.0) -> None:
         with self._stop_lock:

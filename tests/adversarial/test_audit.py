@@ -8,7 +8,6 @@ import logging
 import os
 import re
 import socket
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,12 +36,6 @@ def _fields(line: str) -> dict[str, str]:
     return {k: v.strip('"') for k, v in re.findall(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)', line)}
 
 
-def _wait_idle(srv: ServerThread) -> None:
-    deadline = time.monotonic() + 10
-    while srv.call(lambda: srv.server.connection_count) and time.monotonic() < deadline:
-        time.sleep(0.02)
-
-
 @pytest.mark.timeout(60)
 def test_audit_lines_for_logins_and_transfers(
     start_server: StartServer,
@@ -69,7 +62,7 @@ def test_audit_lines_for_logins_and_transfers(
             s.download("no-such-file", env.client / "x")
     with login(srv, BOB) as s:
         s.list()
-    _wait_idle(srv)
+    srv.wait_idle()
     srv.stop()
 
     lines = _audit_lines(caplog)
@@ -175,7 +168,7 @@ def test_a_transfer_cut_midway_is_still_audited(
     (env.client / "big.bin").write_bytes(data)
     srv = start_server(limit_rate=4 * MIB)
     _cut_transfer(srv, env, login, kind)
-    _wait_idle(srv)
+    srv.wait_idle()
     lines = [line for line in _audit_lines(caplog) if line.startswith(f"transfer {kind}")]
     assert lines, f"no audit line for the cut {kind}"
     fields = _fields(lines[0])

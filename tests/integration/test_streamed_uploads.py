@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,12 +49,6 @@ def _make(env: Env, count: int, size: int = 3000) -> list[Path]:
 
 def _partials(where: Path) -> list[str]:
     return [p.name for p in where.rglob("*" + PARTIAL_SUFFIX)]
-
-
-def _wait_idle(srv: ServerThread) -> None:
-    deadline = time.monotonic() + 10
-    while srv.call(lambda: srv.server.connection_count) and time.monotonic() < deadline:
-        time.sleep(0.02)
 
 
 @pytest.mark.timeout(60)
@@ -227,7 +220,7 @@ def test_every_streamed_upload_is_audited_with_its_verdict(
     (env.root / paths[3].name).write_bytes(b"x")
     with login(srv) as s:
         outcomes = dict(s.upload_many((p, None) for p in paths))
-    _wait_idle(srv)
+    srv.wait_idle()
     lines = [r.getMessage() for r in caplog.records if r.name == "tcpft.audit"]
     puts = [line for line in lines if line.startswith("transfer put")]
     assert len(puts) == 9, puts  # the refused one never started

@@ -30,7 +30,9 @@ from tcpft.messages import (
     Put,
     Welcome,
 )
-from tcpft.protocol import CLOSED, NEED_DATA, STREAMING_VERSION, Connection, Role, State
+from tcpft.protocol import CLOSED, NEED_DATA, STREAMING_VERSION, Role, State
+
+from .sides import Side
 
 C, S = Role.CLIENT, Role.SERVER
 DIGEST = bytes(32)
@@ -58,19 +60,6 @@ def verdict_of(index: int, job: Job) -> Message:
 
 def refusal_of(index: int) -> Error:
     return Error.of(ErrorCode.NO_SPACE, f"refused {index}")
-
-
-class Side:
-    """A core, and the bytes the peer has sent it that it has not received yet."""
-
-    def __init__(self, role: Role) -> None:
-        self.conn = Connection(role)
-        self.inbox = bytearray()
-
-    def take(self, n: int) -> None:
-        piece, self.inbox[:n] = bytes(self.inbox[:n]), b""
-        if piece:  # (empty would mean the end of the stream)
-            self.conn.receive_data(piece)
 
 
 class Session:
