@@ -465,8 +465,10 @@ class _Session:
             log.exception("internal error serving %s", self.addr)
             await self._fatal(ErrorCode.INTERNAL_ERROR, "internal server error")
         finally:
-            await self._settle_verdicts()
-            await self._close()
+            try:
+                await self._settle_verdicts()
+            finally:
+                await self._close()
 
     async def _close(self) -> None:
         self.writer.close()
