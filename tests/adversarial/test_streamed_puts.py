@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -18,6 +19,8 @@ from tcpft.names import PARTIAL_SUFFIX
 
 from ..conftest import ALICE, BOB, Env, ServerThread
 from .rawclient import frame, logged_in
+
+StartServer = Callable[..., ServerThread]
 
 
 def _streamed(path: str, content: bytes, digest: bytes | None = None, **flags: bool) -> bytes:
@@ -145,3 +148,27 @@ def test_a_read_only_account_is_refused_and_the_session_goes_on(
     for msg in (first, second):
         assert isinstance(msg, Error) and msg.code == ErrorCode.PERMISSION_DENIED, msg
     assert not (env.root / "no1.bin").exists() and not (env.root / "no2.bin").exists()
+
+
+@pytest.mark.timeout(30)
+def test_shutdown_sends_the_verdicts_owed_before_it_says_so(
+    env: Env, start_server: StartServer
+) -> None:
+    """The server stops while streamed uploads arrive: every upload it stored has had
+    its verdict sent, in order, before the ERROR that says the server is shutting
+    down, and none of the others is stored."""
+    srv = start_server()
+    contents = {f"late{i}.bin": os.urandom(300_000 + i) for i in range(6)}
+    with logged_in(srv.port, ALICE, version=4) as conn:
+        conn.send(b"".join(_streamed(name, data) for name, data in contents.items()))
+        srv.stop()
+        msgs = conn.read_until_closed()
+    acks = 0
+    while acks < len(msgs) and msgs[acks] == Ack(True):
+        acks += 1
+    assert len(msgs) == acks + 1, msgs
+    assert isinstance(msgs[-1], Error) and msgs[-1].code == ErrorCode.SHUTTING_DOWN, msgs
+    stored = [name for name in contents if (env.root / name).exists()]
+    assert stored == list(contents)[:acks]
+    for name in stored:
+        assert (env.root / name).read_bytes() == contents[name]
