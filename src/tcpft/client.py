@@ -865,14 +865,15 @@ class Session:
         put = Put(remote, st.st_size, st.st_mtime_ns, force, stream=True)
         hasher = new_hasher(self.algorithm)
         if st.st_size <= _CHUNK:
-            self._send_small(fd, path, st, put, hasher, progress, queue)
+            digest = self._send_small(fd, path, st, put, hasher, progress, queue)
         else:
             self._send(put)
             pos = self._send_file(fd, path, 0, st.st_size, hasher, progress, queue)
             self._check_unchanged(fd, path, st, pos, queue)
-            self._send(Done(hasher.digest()))
+            digest = hasher.digest()
+            self._send(Done(digest))
         result = TransferResult(
-            remote, path, st.st_size, st.st_size, 0, hasher.digest().hex(), self.algorithm,
+            remote, path, st.st_size, st.st_size, 0, digest.hex(), self.algorithm,
             time.monotonic() - started,
         )  # fmt: skip
         return _Sent(remote, result, owed=True)
@@ -886,8 +887,10 @@ class Session:
         hasher: Hasher,
         progress: Progress | None,
         queue: deque[_Sent],
-    ) -> None:
+    ) -> bytes:
         """A streamed upload of one DATA frame at most: PUT, DATA and DONE in one write.
+
+        Returns the digest sent in DONE.
 
         One write instead of four saves the client as many sends and the server as
         many TLS records to open: 5% more small files per second, measured.
@@ -898,12 +901,13 @@ class Session:
             chunk = os.pread(fd, put.size, 0)
             now = os.fstat(fd)
         hasher.update(chunk)
+        digest = hasher.digest()
         parts = [self.conn.send(put)]
         if chunk:
             parts += [self.conn.send_data_header(len(chunk)), chunk]
         whole = len(chunk) == put.size and _same_file(st, now)
         if whole:
-            parts.append(self.conn.send(Done(hasher.digest())))
+            parts.append(self.conn.send(Done(digest)))
         with _network("sending"):
             self.sock.sendall(b"".join(parts))
         if not whole:
@@ -913,6 +917,7 @@ class Session:
             progress(len(chunk), put.size)
         if self._pacer is not None:
             time.sleep(self._pacer.delay(len(chunk)))
+        return digest
 
     def _check_unchanged(
         self, fd: int, path: Path, st: os.stat_result, pos: int, queue: deque[_Sent] | None

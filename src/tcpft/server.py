@@ -917,8 +917,8 @@ class _Session:
         """
 
         def finish() -> bool:
-            if received.last is not None:
-                _write_chunk(upload, received.last, received.hasher)
+            if (last := received.last) is not None:
+                _write_chunk(upload, last, received.hasher)
             if received.hasher.digest() != received.digest:
                 return False
             upload.commit()
@@ -929,6 +929,8 @@ class _Session:
         except TcpftError as exc:
             upload.abort(keep=False)
             return Error.of(exc.code, str(exc)), "failed"
+        finally:
+            received.last = None  # its buffer is free while the verdict waits its turn
         if not committed:
             upload.abort(keep=False)
             mismatch = Error.of(ErrorCode.DIGEST_MISMATCH, "the upload's digest differs")
