@@ -1026,8 +1026,12 @@ class Session:
         if progress:
             progress(pos, size)
         while pos < size:
-            with _local(path):
-                chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+            try:
+                with _local(path):
+                    chunk = os.pread(fd, min(_CHUNK, size - pos), pos)
+            except LocalFileError:
+                self._cancel(queue)  # the session goes on; this file failed
+                raise
             if not chunk:
                 break
             hasher.update(chunk)

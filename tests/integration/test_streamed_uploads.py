@@ -9,6 +9,7 @@ usable.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
 from collections.abc import Callable
@@ -274,6 +275,43 @@ def test_a_file_that_changes_while_sent_fails_alone(
         assert s.conn.state is State.READY and s.conn.verdicts_owed == 0
     assert isinstance(outcomes[victim.name], FileChanged), outcomes[victim.name]
     assert not (env.root / victim.name).exists() and _partials(env.root) == []
+    for path in paths:
+        if path is not victim:
+            assert (env.root / path.name).read_bytes() == path.read_bytes()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "size", [2 * 1024 * 1024 + 7, RESUME_BLOCK_SIZE + 7], ids=["streamed", "whole"]
+)
+def test_a_local_read_error_mid_file_fails_that_file_alone(
+    env: Env, server: ServerThread, login: Login_, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """The disk fails under the client while it sends a file (EIO, which this machine
+    cannot make on demand, so ``os.pread`` fails for that one file past its first MiB):
+    the upload is cancelled, the file fails alone and the session goes on."""
+    paths = _make(env, 4)
+    victim = paths[1]
+    victim.write_bytes(os.urandom(size))
+    inode = victim.stat().st_ino
+    real_pread = os.pread
+
+    def failing_pread(fd: int, n: int, pos: int) -> bytes:
+        if pos >= 1024 * 1024 and os.fstat(fd).st_ino == inode:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pread(fd, n, pos)
+
+    monkeypatch.setattr(os, "pread", failing_pread)
+    with login(server) as s:
+        outcomes = dict(s.upload_many((p, None) for p in paths))
+        assert s.conn.state is State.READY and s.conn.verdicts_owed == 0
+        with pytest.raises(LocalFileError, match="Input/output error"):
+            s.upload(victim, "again.bin")
+        assert s.conn.state is State.READY
+        assert {e.path for e in s.list()} >= {p.name for p in paths if p is not victim}
+    assert isinstance(outcomes[victim.name], LocalFileError), outcomes[victim.name]
+    assert not (env.root / victim.name).exists() and not (env.root / "again.bin").exists()
+    assert _partials(env.root) == []
     for path in paths:
         if path is not victim:
             assert (env.root / path.name).read_bytes() == path.read_bytes()
