@@ -81,12 +81,15 @@ def test_small_files_are_streamed_and_land_intact(
 
 @pytest.mark.timeout(60)
 def test_small_and_large_files_mix(env: Env, server: ServerThread, login: Login_) -> None:
-    """A file of 4 MiB or more goes with PUT_READY (it could resume); order is kept."""
+    """A file of 4 MiB or more goes with PUT_READY (it could resume), an empty one is
+    streamed as PUT and DONE; order is kept."""
     small = _make(env, 5)
     large = env.client / "large.bin"
     large.write_bytes(os.urandom(RESUME_BLOCK_SIZE + 10))
+    empty = env.client / "empty.bin"
+    empty.write_bytes(b"")
     jobs = [(small[0], None), (small[1], None), (large, None), (small[2], None)]
-    jobs += [(small[3], None), (small[4], None)]
+    jobs += [(empty, None), (small[3], None), (small[4], None)]
     with login(server) as s:
         outcomes = list(s.upload_many(jobs))
     assert [r for r, _ in outcomes] == [p.name for p, _ in jobs]
