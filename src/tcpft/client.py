@@ -798,8 +798,6 @@ class Session:
                 name = remote if remote is not None else path.name
                 progress = progress_for(name) if progress_for else None
                 queue.append(self._upload_one(path, name, force, resume, progress, ahead, queue))
-                while self.conn.verdicts_owed and (self.conn.buffered or self._readable()):
-                    self._take_verdict(queue)  # those that have come: reported sooner
                 while queue and not queue[0].owed:
                     sent = queue.popleft()
                     yield sent.remote, sent.outcome
@@ -837,6 +835,8 @@ class Session:
                 and self.conn.version >= STREAMING_VERSION
                 and st.st_size < RESUME_BLOCK_SIZE
             )
+            # Verdicts are read when the window is full, not as they come: several then
+            # arrive in one read, and no poll is made per file.
             while self.conn.verdicts_owed >= (ahead if streamed else 1):
                 self._take_verdict(queue)
             if streamed:
