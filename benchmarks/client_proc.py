@@ -7,7 +7,8 @@
 ``--names`` lists one name per line: remote names to download into DIR (as their base
 name), or files under DIR to upload (as ``P`` + their base name). With ``--barrier``
 the client logs in, prints ``READY`` and waits for a line on stdin before it moves any
-byte, so that many clients can start their transfers together.
+byte, so that many clients can start their transfers together; after its result it
+waits again, for the end of stdin, so that it exits only once every client is done.
 
 The last line printed is JSON: bytes, files, connect_s (TCP + TLS + login),
 transfer_s, close_s, t_start / t_end (CLOCK_MONOTONIC, comparable across processes),
@@ -143,6 +144,18 @@ def _wait_for_go() -> None:
         raise SystemExit("no start signal from the benchmark driver")
 
 
+def _wait_for_leave() -> None:
+    """Stay until the driver closes stdin, which it does once every client is done.
+
+    The clients share the machine's cores with the server. The exit of a Python
+    process (its interpreter's teardown) costs about 15 ms of CPU; 50 clients exiting
+    one by one as they finish took that from the transfers still going, and cut the
+    aggregate rate by 9-14% (docs/PERFORMANCE.md). Clients on other machines would
+    not, and their start-up is kept out of the measure by the barrier already.
+    """
+    select.select([sys.stdin], [], [], BARRIER_TIMEOUT)
+
+
 @contextlib.contextmanager
 def _profiled(out: str | None) -> Iterator[None]:
     if not out:
@@ -214,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "vmhwm_kib": vmhwm_kib(),
     }
     print(json.dumps(result), flush=True)
+    if args.barrier:
+        _wait_for_leave()
     return 0
 
 

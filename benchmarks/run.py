@@ -789,6 +789,11 @@ def _read_json_line(text: str) -> dict[str, Any]:
     raise BenchError(f"client printed no result: {text[-300:]!r}")
 
 
+def _reported(output: bytearray) -> bool:
+    """Whether a client's output ends with its result (the JSON line)."""
+    return output.endswith(b"}\n")
+
+
 def _run_python_clients(
     ctx: Ctx,
     argvs: list[list[str]],
@@ -846,6 +851,15 @@ def _run_python_clients(
                 assert c.popen.stdin is not None
                 c.popen.stdin.write(b"go\n")
                 c.popen.stdin.flush()
+        if barrier:
+            # Each client stays after its result until all have theirs, then leaves
+            # (see client_proc._wait_for_leave): its exit takes no CPU from the others.
+            pump(
+                lambda: all(c.poll() or _reported(outputs[c.pid]) for c in children), "transferring"
+            )
+            for c in children:
+                assert c.popen.stdin is not None
+                c.popen.stdin.close()
         pump(lambda: all(c.poll() for c in children) and not sel.get_map(), "transferring")
         results = []
         for c in children:

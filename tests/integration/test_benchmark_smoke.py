@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from benchmarks.run import Ctx, Sizes
+from benchmarks.run import Ctx, Sizes, _run_python_clients
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -148,3 +148,37 @@ def test_benchmark_clients_case_counts_the_logins_apart() -> None:
     tls = next(row for row in rows if "tcpft TLS download" in row)
     # an argon2id verification for each of the 5 logins: tens of milliseconds each
     assert _logins_cpu(tls) > 0.05, tls
+
+
+# A client that behaves as benchmarks.client_proc does around its transfer: READY, a
+# transfer of argv[1] seconds, the JSON result, then it stays until told to leave and
+# writes the moment it left to argv[2].
+_CLIENT = """
+import json, sys, time
+from pathlib import Path
+from benchmarks.client_proc import _wait_for_go, _wait_for_leave
+_wait_for_go()
+t0 = time.monotonic()
+time.sleep(float(sys.argv[1]))
+t1 = time.monotonic()
+result = {"bytes": 1, "files": 1, "connect_s": 0, "transfer_s": t1 - t0, "close_s": 0,
+          "t_start": t0, "t_end": t1, "cpu_s": 0, "vmhwm_kib": 1}
+print(json.dumps(result), flush=True)
+_wait_for_leave()
+Path(sys.argv[2]).write_text(repr(time.monotonic()))
+"""
+
+
+@pytest.mark.timeout(60)
+def test_many_clients_leave_only_once_every_one_is_done(tmp_path: Path) -> None:
+    """A client's exit would take CPU from the transfers still going."""
+    ctx = _ctx(tmp_path, set_aside=False)
+    left = [tmp_path / "left-fast", tmp_path / "left-slow"]
+    argvs = [
+        [sys.executable, "-c", _CLIENT, "0", str(left[0])],
+        [sys.executable, "-c", _CLIENT, "1.0", str(left[1])],
+    ]
+    results = _run_python_clients(ctx, argvs, 30.0, "transfer")
+    last_end = max(r.end for r in results)
+    assert results[0].end < last_end - 0.5  # the fast one was done long before
+    assert all(float(p.read_text()) >= last_end for p in left)  # both left after it
