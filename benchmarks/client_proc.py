@@ -148,10 +148,10 @@ def _wait_for_leave() -> None:
     """Stay until the driver closes stdin, which it does once every client is done.
 
     The clients share the machine's cores with the server. The exit of a Python
-    process (its interpreter's teardown) costs about 15 ms of CPU; 50 clients exiting
-    one by one as they finish took that from the transfers still going, and cut the
-    aggregate rate by 9-14% (docs/PERFORMANCE.md). Clients on other machines would
-    not, and their start-up is kept out of the measure by the barrier already.
+    process (its interpreter's teardown) costs 10-15 ms of CPU; 50 clients exiting one
+    by one as they finished took that from the transfers still going, and held back
+    the aggregate rate of every row (docs/PERFORMANCE.md, `f4e3a05`). Clients on other
+    machines would not, and their start-up is kept out of the measure by the barrier.
     """
     select.select([sys.stdin], [], [], BARRIER_TIMEOUT)
 
