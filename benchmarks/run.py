@@ -860,7 +860,8 @@ def _run_python_clients(
             for c in children:
                 assert c.popen.stdin is not None
                 c.popen.stdin.close()
-        pump(lambda: all(c.poll() for c in children) and not sel.get_map(), "transferring")
+        done = "exiting" if barrier else "transferring"
+        pump(lambda: all(c.poll() for c in children) and not sel.get_map(), done)
         results = []
         for c in children:
             data = _read_json_line(outputs[c.pid].decode(errors="replace"))
