@@ -90,11 +90,12 @@ _READ_SIZE = 64 * 1024  # bytes taken per read outside the DATA fast path, after
 _READ_BLOCK = 512 * 1024  # file bytes read (and hashed) per step of a download
 _SMALL_FILE = 256 * 1024  # up to this, a download is sent in one write (see _send_small)
 # An upload is received into two buffers, each written by a worker while the other
-# fills; a DATA payload larger than a buffer is received in pieces. Larger buffers mean
-# fewer hand-offs to the worker and larger direct writes (docs/PERFORMANCE.md), so the
-# first few uploads at once get them and the rest the smaller size, which bounds memory.
+# fills, with as many DATA frames as fit; a payload larger than a buffer is received in
+# pieces. Larger buffers mean fewer hand-offs to the worker and larger direct writes
+# (docs/PERFORMANCE.md), so the first few uploads at once get them and the rest the
+# smaller size, which bounds memory.
 _UPLOAD_BUFFER = 512 * 1024
-_UPLOAD_BUFFER_LARGE = MAX_DATA_PAYLOAD
+_UPLOAD_BUFFER_LARGE = 2 * MAX_DATA_PAYLOAD
 _LARGE_BUFFER_UPLOADS = 8
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _PRELOGIN_READ = MAX_PRELOGIN_PAYLOAD + FRAME_HEADER_SIZE
@@ -323,6 +324,7 @@ class _Session:
         self._buf = bytearray(_PRELOGIN_READ)  # for reads outside the DATA fast path
         self._header = bytearray(FRAME_HEADER_SIZE)
         self._payload_left = 0  # bytes of the DATA payload in progress not read yet
+        self._failed_read: Exception | None = None  # deferred by _next_payload
         self.writer = writer
         self.addr = addr
         self.conn = Connection(Role.SERVER)
@@ -381,35 +383,75 @@ class _Session:
     ) -> memoryview | Message:
         """The next piece of an upload: DATA payload bytes, or any other message.
 
-        Fast path for bulk data: with nothing buffered in the core, the frame header
-        is read here and a DATA payload straight into ``buffers[0]`` (made as needed,
-        page-aligned for direct I/O), at most ``size`` bytes at a time whatever the
-        frame's length; the caller rotates the buffers so that it does not overwrite
-        one being written.
+        Fast path for bulk data: with nothing buffered in the core, frame headers are
+        read here and DATA payloads straight into ``buffers[0]`` (made as needed,
+        page-aligned for direct I/O). Consecutive DATA frames are gathered into it up
+        to ``size`` bytes, and a payload larger than that is received in pieces: the
+        worker then writes one buffer per hand-off, whatever the frames' size
+        (docs/PERFORMANCE.md). The caller rotates the buffers so that it does not
+        overwrite one being written.
+
+        When the connection fails, stalls or breaks the protocol after whole frames
+        (or pieces) are in the buffer, those are returned and the next call raises:
+        they reach the disk, and a partial file kept for a resume ends on a frame or
+        a piece, as when each frame was written on its own.
         """
-        timeout = self.cfg.stall_timeout
-        if not self._payload_left and not self.conn.buffered:
-            header = self._header
-            got = await self._read_into(memoryview(header), timeout, exact=True)
-            if got < FRAME_HEADER_SIZE:
-                self.conn.receive_data(header[:got])
-                self.conn.receive_data(b"")  # the client closed: _next says how badly
-            else:
-                length = self.conn.receive_data_header(header)
-                if length == 0:
-                    return memoryview(b"")
-                self._payload_left = length or 0
-        if not self._payload_left:
-            return await self._next(timeout)
-        n = min(self._payload_left, size)
-        buf = buffers[0]
-        if buf is None or len(buf) < n:
-            buf = buffers[0] = aligned_buffer(n)
-        view = memoryview(buf)[:n]
-        if await self._read_into(view, timeout, exact=True) < n:
-            raise ConnectionBroken("connection closed in the middle of a DATA frame")
-        self._payload_left -= n
-        return view
+        if self._failed_read is not None:
+            raise self._failed_read
+        view: memoryview | None = None
+        whole = filled = 0  # whole: the bytes of the frames (pieces) read entirely
+        try:
+            while view is None or filled < len(view):
+                whole = filled
+                if not self._payload_left:
+                    if view is not None and not self.conn.remaining:
+                        break  # the upload's last byte is in: DONE comes next
+                    length = await self._data_header()
+                    if length is None:  # another frame, or the client closed
+                        if view is not None:
+                            break
+                        return await self._next(self.cfg.stall_timeout)
+                    self._payload_left = length  # an empty DATA carries nothing: read on
+                    continue
+                if view is None:
+                    n = min(size, self._payload_left + self.conn.remaining)
+                    buf = buffers[0]
+                    if buf is None or len(buf) < n:
+                        buf = buffers[0] = aligned_buffer(n)
+                    view = memoryview(buf)[:n]
+                n = min(self._payload_left, len(view) - filled)
+                got = await self._read_into(
+                    view[filled : filled + n], self.cfg.stall_timeout, exact=True
+                )
+                self._payload_left -= got
+                filled += got
+                if got < n:
+                    raise ConnectionBroken("connection closed in the middle of a DATA frame")
+        except Exception as exc:
+            if not whole:
+                raise
+            assert view is not None
+            self._failed_read = exc
+            return view[:whole]
+        assert view is not None
+        return view[:filled]
+
+    async def _data_header(self) -> int | None:
+        """Read the next frame header here: a DATA frame's payload length, else None.
+
+        None when bytes are buffered in the core, when the frame is another kind (the
+        core has its header), or when the client closed (the core knows): carry on
+        with :meth:`_next`.
+        """
+        if self.conn.buffered:
+            return None
+        header = self._header
+        got = await self._read_into(memoryview(header), self.cfg.stall_timeout, exact=True)
+        if got < FRAME_HEADER_SIZE:
+            self.conn.receive_data(header[:got])
+            self.conn.receive_data(b"")  # the client closed: _next says how badly
+            return None
+        return self.conn.receive_data_header(header)
 
     async def _fatal(self, code: ErrorCode, text: str) -> None:
         """Tell the client why we close, if the connection still takes it."""
@@ -896,7 +938,12 @@ class _Session:
                 break
         finally:
             if pending is not None and not pending.done():
-                pending.add_done_callback(_retrieve)  # the handle's close waits for it
+                # Receiving ended early (a cut, a stall, a bad frame): what arrived
+                # whole reaches the partial file before the upload is closed, so that a
+                # resume can skip it.
+                pending.add_done_callback(_retrieve)
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(pending)
         if isinstance(msg, Done):
             rec.digest = labelled(self.algorithm, msg.digest)
         if failed is not None:

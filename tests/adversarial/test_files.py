@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tcpft import server as server_module
 from tcpft.client import Session
 from tcpft.errors import ErrorCode, FileChanged, IntegrityError
 from tcpft.limits import MAX_DATA_PAYLOAD
@@ -376,6 +377,53 @@ def test_data_frames_larger_than_the_buffers_arrive_intact(
     cuts = [3, 5 + half - 1, 5 + half + 7, 5 + size + 2, 3 * size]
     _upload_by_hand(srv.port, "pieces.bin", content, frames, cuts, 0.02)
     assert (env.root / "pieces.bin").read_bytes() == content
+
+
+@pytest.mark.timeout(30)
+def test_small_data_frames_are_gathered_into_one_write_per_buffer(
+    start_server: StartServer, env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Consecutive DATA frames fill one receive buffer before the worker writes it:
+    an upload costs the server a hand-off per buffer, not per frame."""
+    writes: list[int] = []
+    write_chunk = server_module._write_chunk
+
+    def counted(upload: object, data: memoryview, hasher: object) -> None:
+        writes.append(len(data))
+        write_chunk(upload, data, hasher)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server_module, "_write_chunk", counted)
+    srv = start_server()
+    content = os.urandom(3 * MIB)
+    step = 32 * 1024  # 96 frames, with an empty one in the middle
+    frames = [frame(Data(content[i : i + step])) for i in range(0, len(content), step)]
+    frames.insert(40, frame(Data(b"")))
+    _upload_by_hand(srv.port, "gathered.bin", content, frames, [], 0.0)
+    assert (env.root / "gathered.bin").read_bytes() == content
+    assert writes == [2 * MIB, MIB]  # the large buffers of 2 MiB, the last one short
+
+
+@pytest.mark.timeout(30)
+def test_a_stall_after_gathered_frames_keeps_them_for_a_resume(
+    start_server: StartServer, env: Env
+) -> None:
+    """Frames gathered into a buffer that is not full yet still reach the partial file
+    when the client stops sending."""
+    srv = start_server(stall_timeout=1.0)
+    with logged_in(srv.port, ALICE) as conn:
+        conn.send(frame(Put("gathered-stall.bin", 100_000, 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        conn.send(b"".join(frame(Data(bytes([i]) * 1000)) for i in range(10)))
+        conn.send(frame(Data(b"z" * 500))[:300])  # and the start of one more
+        expect_error(conn, ErrorCode.IDLE_TIMEOUT, timeout=5.0)
+    partial = env.root / ".gathered-stall.bin.tcpft-part"
+    want = b"".join(bytes([i]) * 1000 for i in range(10))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and (
+        not partial.exists() or partial.stat().st_size != len(want)
+    ):
+        time.sleep(0.05)
+    assert partial.read_bytes() == want
 
 
 @pytest.mark.timeout(30)
