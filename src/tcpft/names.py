@@ -37,9 +37,12 @@ PARTIAL_SUFFIX = ".tcpft-part"
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 #: Characters :func:`printable` escapes: the controls above, line and paragraph
-#: separators, bidi embeddings and overrides, bidi isolates, and lone surrogates
-#: (``os.listdir`` gives those for bytes that are not UTF-8).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+#: separators, every bidi control (the marks ALM, LRM and RLM, embeddings and
+#: overrides, isolates), and lone surrogates (``os.listdir`` gives those for bytes
+#: that are not UTF-8).
+_UNSAFE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]"
+)
 
 #: Longest part of a name shown inside an error message.
 _SHOWN_CHARS = 200
@@ -54,7 +57,8 @@ def printable(name: str) -> str:
     """Return ``name`` with every character a terminal could act on escaped.
 
     C0 and C1 controls and DEL become ``\\xNN``; U+2028/U+2029, the bidi controls
-    U+202A-U+202E and U+2066-U+2069, and lone surrogates become ``\\uNNNN``. Other
+    (U+061C, U+200E, U+200F, U+202A-U+202E and U+2066-U+2069) and lone surrogates
+    become ``\\uNNNN``. Other
     text, backslashes included, is left as it is. Never raises.
     """
     return _UNSAFE.sub(_escape, name)

@@ -160,6 +160,7 @@ def test_join_path_refuses(parts: tuple[str, ...]) -> None:
         ("evil\u202egnp.exe", "evil\\u202egnp.exe"),
         ("\u202a\u202b\u202c\u202d", "\\u202a\\u202b\\u202c\\u202d"),
         ("\u2066\u2067\u2068\u2069", "\\u2066\\u2067\\u2068\\u2069"),
+        ("a\u061cb\u200ec\u200fd", "a\\u061cb\\u200ec\\u200fd"),
         ("bad\udcffbyte", "bad\\udcffbyte"),
         ("back\\slash", "back\\slash"),
     ],
@@ -175,6 +176,7 @@ def test_printable_leaves_no_unsafe_character() -> None:
         code = ord(ch)
         assert not (code < 0x20 or 0x7F <= code <= 0x9F), hex(code)
         assert not (0x2028 <= code <= 0x202E or 0x2066 <= code <= 0x2069), hex(code)
+        assert code not in (0x061C, 0x200E, 0x200F), hex(code)  # the bidi marks
         assert not 0xD800 <= code <= 0xDFFF, hex(code)
     out.encode("utf-8")  # always encodable, so always writable to a terminal
 
