@@ -376,7 +376,10 @@ class ServedDirectory(_Closing):
         """
         if self._root_fd < 0:
             raise LocalFileError("the served directory is closed")
-        fd = os.dup(self._root_fd)
+        # Opened anew, not dup()ed: a duplicate shares the directory's read position
+        # with every other, and listings made at once in worker threads then saw some
+        # entries twice and others not at all.
+        fd = os.open(".", _DIR_FLAGS, dir_fd=self._root_fd)
         for i, part in enumerate(parts):
             try:
                 if create:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import os
 import stat
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,6 +117,33 @@ def test_list_root(root: Path, served: ServedDirectory) -> None:
     b = entries[1]
     assert b == Entry("b.txt", False, 5, MTIME)
     assert entries[2].is_dir and entries[2].size == 0
+
+
+@pytest.mark.timeout(60)
+def test_listings_at_once_in_threads_each_see_every_entry_once(
+    root: Path, served: ServedDirectory
+) -> None:
+    """The server lists in worker threads. Each listing reads the root through a
+    descriptor of its own: one shared with the others (a dup) shares the read
+    position too, and a listing then saw some entries twice and others not at all."""
+    for i in range(2000):
+        (root / f"file-{i:04d}.bin").write_bytes(b"")
+    want = sorted(f"file-{i:04d}.bin" for i in range(2000))
+    wrong: list[int] = []
+
+    def lister() -> None:
+        for _ in range(40):
+            paths = [e.path for e in served.list()]
+            if paths != want:
+                wrong.append(len(paths))
+
+    threads = [threading.Thread(target=lister) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(50)
+    assert not any(t.is_alive() for t in threads)
+    assert wrong == []
 
 
 def test_list_subdirectory_gives_wire_paths_from_the_root(
