@@ -127,6 +127,13 @@ Results = list[TransferResult]
 Outcome = tuple[str, TransferResult | TcpftError]
 Outcomes = list[Outcome]
 
+#: Most entries, and characters of names, that the client takes in one listing; a
+#: longer one ends the session. Ten times the server's default ``max_list_entries``:
+#: a server that sends more is broken or hostile, and the client's memory stays
+#: bounded (an entry costs about 130 bytes besides its name, 190 with 30 characters).
+MAX_LIST_ENTRIES = 1_000_000
+MAX_LIST_NAME_CHARS = 64 * 1024 * 1024
+
 #: GETs that :meth:`Session.download_many` sends ahead of the file in progress.
 GETS_AHEAD = 4
 
@@ -328,13 +335,47 @@ class Session:
                     break
         self.conn.receive_data(view[:got] if got else b"")
 
-    def _read_listing(self) -> Entries:
+    def _read_listing(self, directory: str = "", *, recursive: bool = False) -> Entries:
+        """Read the listing of ``directory`` that the server is sending.
+
+        Every name is checked before anyone uses it (docs/PROTOCOL.md, section 10): a
+        valid wire path, listed once, inside ``directory`` (directly, unless
+        ``recursive``). At most :data:`MAX_LIST_ENTRIES` entries are taken, with at
+        most :data:`MAX_LIST_NAME_CHARS` characters of names in all.
+
+        Raises:
+            RemoteProtocolError: a name breaks one of those rules, or the listing is
+                longer than the limit (the session cannot go on).
+        """
         entries: Entries = []
+        seen: set[str] = set()
+        prefix = directory + "/" if directory else ""
+        chars = 0
         while True:
             msg = self._next()
             if isinstance(msg, ListEnd):
                 return entries
             assert isinstance(msg, ListEntries)
+            chars += sum(len(entry.path) for entry in msg.entries)
+            if len(entries) + len(msg.entries) > MAX_LIST_ENTRIES or chars > MAX_LIST_NAME_CHARS:
+                raise RemoteProtocolError(
+                    f"the listing of {printable(directory or '/')} passed the client's "
+                    f"limits ({MAX_LIST_ENTRIES:,} entries, {MAX_LIST_NAME_CHARS:,} "
+                    "characters of names)"
+                )
+            for entry in msg.entries:
+                path = entry.path
+                try:
+                    split_path(path)
+                except InvalidName as exc:
+                    raise RemoteProtocolError(f"the server listed a bad name: {exc}") from None
+                rest = path[len(prefix) :] if path.startswith(prefix) else ""
+                if not rest or (not recursive and "/" in rest) or path in seen:
+                    raise RemoteProtocolError(
+                        f"the listing of {printable(directory or '/')} holds "
+                        f"{printable(path)}" + (" twice" if path in seen else "")
+                    )
+                seen.add(path)
             entries.extend(msg.entries)
 
     def _login(self, user: str, password: str) -> None:
@@ -360,7 +401,7 @@ class Session:
             InvalidName: no such directory. ConnectError, ProtocolError: as usual.
         """
         self._send(ListRequest(path, recursive))
-        return self._read_listing()
+        return self._read_listing(path, recursive=recursive)
 
     def download(
         self,
@@ -699,11 +740,7 @@ class Session:
             top.mkdir(parents=True, exist_ok=True)
         dirs: list[tuple[Path, int | None]] = [(top, None)]
         files: list[tuple[str, Path | TcpftError, Progress | None]] = []
-        for entry in entries:
-            if not entry.path.startswith(remote_dir + "/"):
-                raise RemoteProtocolError(
-                    f"listing of {printable(remote_dir)} holds {printable(entry.path)}"
-                )
+        for entry in entries:  # each inside remote_dir: list() checked
             target = local_target(base, entry.path[skip:])
             if entry.is_dir:
                 with _local(target):

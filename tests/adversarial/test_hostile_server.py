@@ -1,0 +1,140 @@
+"""The client against a server that lies: bad names, endless listings, false verdicts.
+
+Each test scripts a :class:`HostileServer` (plaintext, on 127.0.0.1) and checks that
+the client refuses what it must, with a clear error and nothing left in the wrong
+place, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import tcpft.client
+from tcpft.client import Session, connect
+from tcpft.errors import RemoteProtocolError
+from tcpft.messages import Entry, ListEnd, ListEntries, ListRequest, Message
+
+from .hostile_server import HostileServer, Respond, nothing
+from .rawclient import frame
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def listing(*paths: str, dirs: tuple[str, ...] = ()) -> bytes:
+    entries = [Entry(p, False, 1, 0) for p in paths] + [Entry(d, True, 0, 0) for d in dirs]
+    return frame(ListEntries(tuple(entries))) + frame(ListEnd())
+
+
+@pytest.fixture
+def hostile() -> Iterator[list[HostileServer]]:
+    servers: list[HostileServer] = []
+    yield servers
+    for server in servers:
+        server.join()
+
+
+def session(
+    servers: list[HostileServer], respond: Respond = nothing, *, listing: bytes | None = None
+) -> Session:
+    server = HostileServer(respond, listing=listing)
+    servers.append(server)
+    return connect("127.0.0.1", server.port, user="x", password="y", plaintext=True, timeout=5)
+
+
+# --- listings --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("names", "why"),
+    [
+        (("../secret",), "bad name"),
+        (("/etc/passwd",), "bad name"),
+        (("a\x1b[2Jb",), "bad name"),
+        (("a//b",), "bad name"),
+        (("sub/inner",), "holds sub/inner"),  # not directly in the root
+        (("x.txt", "x.txt"), "twice"),
+    ],
+)
+def test_a_login_listing_with_a_bad_name_is_refused(
+    hostile: list[HostileServer], names: tuple[str, ...], why: str
+) -> None:
+    with pytest.raises(RemoteProtocolError, match=why) as info:
+        session(hostile, listing=listing(*names))
+    assert "\x1b" not in str(info.value)
+
+
+def _answer_lists(body: bytes) -> Respond:
+    def respond(msg: Message) -> bytes:
+        return body if isinstance(msg, ListRequest) else b""
+
+    return respond
+
+
+@pytest.mark.parametrize(
+    ("names", "recursive"),
+    [
+        (("other/x",), False),  # outside the directory asked for
+        (("sub",), False),  # the directory itself
+        (("subway/x",), True),  # only looks inside
+        (("sub/a/b",), False),  # deeper, though not asked
+    ],
+)
+def test_a_listing_must_stay_inside_its_directory(
+    hostile: list[HostileServer], names: tuple[str, ...], recursive: bool
+) -> None:
+    s = session(hostile, _answer_lists(listing(*names)))
+    with s, pytest.raises(RemoteProtocolError, match="holds"):
+        s.list("sub", recursive=recursive)
+
+
+def test_a_recursive_listing_may_go_deep(hostile: list[HostileServer]) -> None:
+    s = session(hostile, _answer_lists(listing("sub/a/b", dirs=("sub/a",))))
+    with s:
+        assert {e.path for e in s.list("sub", recursive=True)} == {"sub/a", "sub/a/b"}
+
+
+def test_a_glob_takes_only_names_of_its_directory(hostile: list[HostileServer]) -> None:
+    s = session(hostile, _answer_lists(listing("a/x.txt", "b/x.txt")))
+    with s, pytest.raises(RemoteProtocolError, match="holds"):
+        s.glob("*.txt")
+
+
+def test_an_endless_listing_is_cut_at_the_clients_limit(
+    hostile: list[HostileServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tcpft.client, "MAX_LIST_ENTRIES", 50)
+    batch = frame(ListEntries(tuple(Entry(f"f{i}", False, 1, 0) for i in range(30))))
+    with pytest.raises(RemoteProtocolError, match="limits"):
+        session(hostile, listing=batch + batch + batch)  # and never a LIST_END
+
+
+def test_a_listing_of_long_names_is_cut_at_the_clients_limit(
+    hostile: list[HostileServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tcpft.client, "MAX_LIST_NAME_CHARS", 10_000)
+    batch = frame(ListEntries(tuple(Entry(f"{i:03d}" + "n" * 200, False, 1, 0) for i in range(30))))
+    with pytest.raises(RemoteProtocolError, match="limits"):
+        session(hostile, listing=batch + batch)
+
+
+def test_the_cli_ls_refuses_a_bad_name_with_exit_code_10(
+    hostile: list[HostileServer], tmp_path: Path
+) -> None:
+    server = HostileServer(listing=listing("../../x.txt"))
+    hostile.append(server)
+    env = dict(os.environ, TCPFT_PASSWORD="y", TCPFT_USER="x", TCPFT_CONFIG_DIR=str(tmp_path),
+               TCPFT_STATE_DIR=str(tmp_path))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tcpft", "ls", f"127.0.0.1:{server.port}", "--plaintext"],
+        env=env, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 10, done.stderr
+    assert "bad name" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert "../../x.txt" not in done.stdout
