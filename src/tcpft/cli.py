@@ -61,7 +61,7 @@ from .errors import (
     UsageError,
 )
 from .messages import Entry
-from .names import PARTIAL_SUFFIX, printable, split_path
+from .names import download_partial, printable, split_path
 from .progress import (
     BarReporter,
     JsonReporter,
@@ -360,7 +360,7 @@ def _cmd_client(args: argparse.Namespace) -> int:
                     if not _yes(f"{printable(str(target))} exists; overwrite? [y/N] ", False):
                         continue
                     force = True
-                if os.path.exists(target.with_name(target.name + PARTIAL_SUFFIX)):
+                if os.path.exists(download_partial(target)):
                     resume = _yes("a partial download exists; resume? [Y/n] ", True)
                 bar = sys.stderr.isatty()
                 with BarReporter("received") if bar else Reporter("received") as rep:

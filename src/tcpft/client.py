@@ -6,14 +6,16 @@
         s.list()
         s.download("big.iso", "downloads/", resume=True)
 
-Received files are written to ``NAME.tcpft-part`` beside the destination and renamed
-only after the size and digest match, so a cut or bad transfer never leaves a file
-under the final name. Socket, TLS and OS errors become :mod:`tcpft.errors` here.
+Received files are written to ``NAME.tcpft-part`` beside the destination (locked while
+they are written) and renamed only after the size and digest match, so a cut or bad
+transfer never leaves a file under the final name. Socket, TLS and OS errors become
+:mod:`tcpft.errors` here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import fnmatch
 import os
 import select
@@ -84,7 +86,7 @@ from .messages import (
     PutReady,
     Welcome,
 )
-from .names import PARTIAL_SUFFIX, local_target, printable, split_path
+from .names import download_partial, local_target, printable, split_path
 from .native import preallocate, release_preallocation
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, STREAMING_VERSION, Connection, Role, State
@@ -535,10 +537,17 @@ class Session:
         """Open the partial file of ``target`` and send the GET for ``remote``."""
         if not force and os.path.lexists(target):
             raise AlreadyExists(f"{target} exists (use --force to overwrite)")
-        partial = target.with_name(target.name + PARTIAL_SUFFIX)
+        partial = download_partial(target)
         existed = os.path.lexists(partial)
         with _local(partial):
             fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:  # held until the partial is closed: one download per target at a time
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)  # another request's, or another process's: not ours to remove
+            raise AlreadyExists(
+                f"{target} is being downloaded already (by this session or another)"
+            ) from None
         req = _Request(
             remote, target, partial, fd, existed, force, progress,
             hasher=new_hasher(self.algorithm),
@@ -563,20 +572,21 @@ class Session:
         started = time.monotonic()
         fd, partial, target, hasher = req.fd, req.partial, req.target, req.hasher
         assert hasher is not None
-        # The partial file is kept for a resume unless its content is known to be bad.
-        keep: bool | None = True
+        # Until FILE comes, nothing is written: a failure removes only what this
+        # request created. Then what arrives is kept for a resume, unless it is known
+        # to be bad.
+        keep: bool | None = req.existed
         try:
             reply = self._next(raise_errors=False)
             if isinstance(reply, Error):
-                keep = req.existed  # refused: remove only what this request created
                 raise self._request_error(reply)
             assert isinstance(reply, FileHeader)
             if reply.path != req.remote or reply.offset not in (0, req.offset):
-                keep = req.existed  # nothing of it was written
                 raise RemoteProtocolError(
                     f"the server answered the GET of {printable(req.remote)} with "
                     f"{printable(reply.path)} from byte {reply.offset}"
                 )
+            keep = True
             if reply.offset != req.offset:
                 hasher = new_hasher(self.algorithm)
             with _local(partial):

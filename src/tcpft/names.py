@@ -13,6 +13,7 @@ tells the client where a received file lands under its destination directory.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +23,7 @@ from tcpft.limits import MAX_NAME_BYTES, MAX_PATH_BYTES
 
 __all__ = [
     "PARTIAL_SUFFIX",
+    "download_partial",
     "is_partial_name",
     "join_path",
     "local_target",
@@ -145,6 +147,21 @@ def partial_name(name: str) -> str:
         return candidate
     digest = hashlib.sha256(name.encode("utf-8")).hexdigest()
     return f".{digest}{PARTIAL_SUFFIX}"
+
+
+def download_partial(target: Path) -> Path:
+    """Return where a client receives the file that will be ``target``.
+
+    It is ``NAME.tcpft-part`` beside ``target``. When that would exceed
+    ``MAX_NAME_BYTES`` (a long ``NAME``), a name derived from the SHA-256 of ``NAME``
+    is used instead, so that the same target always gives the same partial (resume
+    depends on it).
+    """
+    candidate = target.name + PARTIAL_SUFFIX
+    if len(os.fsencode(candidate)) <= MAX_NAME_BYTES:
+        return target.with_name(candidate)
+    digest = hashlib.sha256(os.fsencode(target.name)).hexdigest()
+    return target.with_name(digest + PARTIAL_SUFFIX)
 
 
 def local_target(dest_dir: Path, remote_path: str) -> Path:

@@ -17,8 +17,19 @@ import pytest
 
 import tcpft.client
 from tcpft.client import Session, connect
-from tcpft.errors import RemoteProtocolError
-from tcpft.messages import Entry, ListEnd, ListEntries, ListRequest, Message
+from tcpft.errors import AlreadyExists, RemoteProtocolError, TimeoutExpired
+from tcpft.integrity import BLAKE3, new_hasher
+from tcpft.messages import (
+    Data,
+    Done,
+    Entry,
+    FileHeader,
+    Get,
+    ListEnd,
+    ListEntries,
+    ListRequest,
+    Message,
+)
 
 from .hostile_server import HostileServer, Respond, nothing
 from .rawclient import frame
@@ -40,11 +51,28 @@ def hostile() -> Iterator[list[HostileServer]]:
 
 
 def session(
-    servers: list[HostileServer], respond: Respond = nothing, *, listing: bytes | None = None
+    servers: list[HostileServer],
+    respond: Respond = nothing,
+    *,
+    listing: bytes | None = None,
+    timeout: float = 5.0,
 ) -> Session:
     server = HostileServer(respond, listing=listing)
     servers.append(server)
-    return connect("127.0.0.1", server.port, user="x", password="y", plaintext=True, timeout=5)
+    return connect(
+        "127.0.0.1", server.port, user="x", password="y", plaintext=True, timeout=timeout
+    )
+
+
+def whole_file(path: str, content: bytes) -> bytes:
+    """FILE, DATA and DONE of ``content``, as an honest server of version 4 sends them."""
+    hasher = new_hasher(BLAKE3)
+    hasher.update(content)
+    return (
+        frame(FileHeader(path, len(content), 0))
+        + frame(Data(content))
+        + frame(Done(hasher.digest()))
+    )
 
 
 # --- listings --------------------------------------------------------------------
@@ -138,3 +166,41 @@ def test_the_cli_ls_refuses_a_bad_name_with_exit_code_10(
     assert "bad name" in done.stderr
     assert "Traceback" not in done.stderr
     assert "../../x.txt" not in done.stdout
+
+
+# --- downloads -------------------------------------------------------------------
+
+
+def test_two_downloads_to_one_local_name_never_share_a_partial_file(
+    hostile: list[HostileServer], tmp_path: Path
+) -> None:
+    """a/x.txt and b/x.txt both land on dest/x.txt: the second must not write into the
+    partial file of the first, which would then be published with its bytes."""
+    good = b"the first file, verified\n"
+
+    def respond(msg: Message) -> bytes:
+        if isinstance(msg, Get) and msg.path == "a/x.txt":
+            return whole_file("a/x.txt", good)
+        if isinstance(msg, Get):
+            return frame(FileHeader(msg.path, 100, 0)) + frame(Data(b"EVIL"))  # then a cut
+        return b""
+
+    dest = tmp_path / "dest"
+    s = session(hostile, respond)
+    with s:
+        outcomes = dict(s.download_many([("a/x.txt", f"{dest}/"), ("b/x.txt", f"{dest}/")]))
+    assert not isinstance(outcomes["a/x.txt"], Exception)
+    assert isinstance(outcomes["b/x.txt"], AlreadyExists)
+    assert (dest / "x.txt").read_bytes() == good
+    assert sorted(p.name for p in dest.iterdir()) == ["x.txt"]
+    hostile[0].join()
+    assert [m.path for m in hostile[0].received if isinstance(m, Get)] == ["a/x.txt"]
+
+
+def test_a_request_that_fails_before_its_file_leaves_no_partial(
+    hostile: list[HostileServer], tmp_path: Path
+) -> None:
+    s = session(hostile, timeout=1.0)  # answers nothing
+    with s, pytest.raises(TimeoutExpired):
+        s.download("x.txt", tmp_path / "x.txt")
+    assert list(tmp_path.iterdir()) == []

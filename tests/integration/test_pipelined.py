@@ -22,7 +22,7 @@ from tcpft.errors import (
     TcpftError,
 )
 from tcpft.messages import Data, FileHeader, Get, Message
-from tcpft.names import PARTIAL_SUFFIX
+from tcpft.names import PARTIAL_SUFFIX, download_partial
 from tcpft.protocol import State
 
 from ..conftest import ALICE, Env, ServerThread
@@ -264,3 +264,42 @@ def test_an_answer_to_another_request_is_refused(
         list(s.download_many([("a.txt", tmp_path), ("c.txt", tmp_path)]))
     fake.join()
     assert list(tmp_path.iterdir()) == []  # no file, no partial
+
+
+@pytest.mark.timeout(60)
+def test_two_files_of_one_name_sent_to_one_folder_keep_the_first(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    """a/x.txt and b/x.txt into one folder: the second is refused before its GET, and
+    the first arrives whole (it once ended up holding the second's bytes)."""
+    for d, text in (("a", "from a, the longer one\n"), ("b", "from b\n")):
+        (env.root / d).mkdir()
+        (env.root / d / "x.txt").write_text(text)
+    dest = env.client / "dest"
+    with login(server) as s:
+        outcomes = dict(s.download_many([("a/x.txt", f"{dest}/"), ("b/x.txt", f"{dest}/")]))
+        assert s.conn.state is State.READY
+    assert isinstance(outcomes["a/x.txt"], TransferResult)
+    assert isinstance(outcomes["b/x.txt"], AlreadyExists)
+    assert (dest / "x.txt").read_text() == "from a, the longer one\n"
+    assert _leftovers(dest) == []
+
+
+@pytest.mark.timeout(60)
+def test_a_name_too_long_for_a_partial_suffix_downloads_and_resumes(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    name = "n" * 250  # NAME.tcpft-part would pass 255 bytes
+    content = os.urandom(9 * 1024 * 1024)
+    (env.root / name).write_bytes(content)
+    with login(server) as s:
+        first = s.download(name, env.client)
+        assert (env.client / name).read_bytes() == content and first.resumed_from == 0
+        (env.client / name).unlink()
+        partial = download_partial(env.client / name)
+        assert len(partial.name) <= 255
+        partial.write_bytes(content[: 5 * 1024 * 1024])  # as a cut left it
+        again = s.download(name, env.client, resume=True)
+    assert again.resumed_from == 4 * 1024 * 1024
+    assert (env.client / name).read_bytes() == content
+    assert not partial.exists()
