@@ -1041,11 +1041,15 @@ class Session:
         ready = self._next()
         assert isinstance(ready, PutReady)
         hasher = new_hasher(self.algorithm)
-        if ready.offset:
-            with _local(path):
-                scan = scan_prefix(fd, ready.offset, self.algorithm)
-            if scan.digest != ready.prefix_digest:
+        if ready.offset:  # a multiple of the block, asked for (the core checks both)
+            try:
+                with _local(path):
+                    scan = scan_prefix(fd, ready.offset, self.algorithm)
+            except EOFError:  # shorter than when it was announced
                 self._cancel()
+                raise FileChanged(f"{path} changed while it was being sent") from None
+            if scan.digest != ready.prefix_digest:
+                self._cancel()  # then once more from the start: no offset may come
                 return self._upload_fd(fd, path, remote, st, force, False, progress, started)
             hasher = scan.whole
         pos = self._send_file(fd, path, ready.offset, st.st_size, hasher, progress)
@@ -1054,6 +1058,8 @@ class Session:
         self._send(Done(digest))
         ack = self._next()
         assert isinstance(ack, Ack)
+        if not ack.ok:
+            raise IntegrityError(f"the server's check of {printable(remote)} failed; not stored")
         return TransferResult(
             remote, path, st.st_size, pos - ready.offset, ready.offset, digest.hex(),
             self.algorithm, time.monotonic() - started,

@@ -48,6 +48,7 @@ from .limits import (
     MAX_GETS_AHEAD,
     MAX_PRELOGIN_PAYLOAD,
     MAX_PUTS_AHEAD,
+    RESUME_BLOCK_SIZE,
 )
 from .messages import (
     Ack,
@@ -242,6 +243,7 @@ class Connection:
         self._eof = False
         self._remaining = 0  # DATA bytes still due in the current transfer
         self._put_size = 0
+        self._put_resume = False  # the PUT waiting for PUT_READY asked to resume
         #: The protocol version chosen in WELCOME (0 until then).
         self.version = 0
         self._ahead: deque[Get] = deque()  # GETs sent ahead, not started yet
@@ -460,11 +462,16 @@ class Connection:
         if isinstance(msg, FileHeader):
             self._remaining = msg.size - msg.offset
         elif isinstance(msg, Put):
-            self._put_size = msg.size
+            self._put_size, self._put_resume = msg.size, msg.resume
         elif isinstance(msg, PutReady):
+            err = LocalProtocolError if local else RemoteProtocolError
             if msg.offset > self._put_size:
-                err = LocalProtocolError if local else RemoteProtocolError
                 raise err("PUT_READY offset is past the announced size")
+            if msg.offset and (not self._put_resume or msg.offset % RESUME_BLOCK_SIZE):
+                raise err(
+                    f"PUT_READY offset {msg.offset}: 0 unless the PUT asked to resume, "
+                    f"then a multiple of {RESUME_BLOCK_SIZE}"
+                )
             self._remaining = self._put_size - msg.offset
         elif isinstance(msg, Welcome):
             self.version = msg.version

@@ -17,9 +17,12 @@ import pytest
 
 import tcpft.client
 from tcpft.client import Session, connect
-from tcpft.errors import AlreadyExists, RemoteProtocolError, TimeoutExpired
+from tcpft.errors import AlreadyExists, IntegrityError, RemoteProtocolError, TimeoutExpired
 from tcpft.integrity import BLAKE3, new_hasher
+from tcpft.limits import RESUME_BLOCK_SIZE
 from tcpft.messages import (
+    Ack,
+    Cancel,
     Data,
     Done,
     Entry,
@@ -29,6 +32,8 @@ from tcpft.messages import (
     ListEntries,
     ListRequest,
     Message,
+    Put,
+    PutReady,
 )
 
 from .hostile_server import HostileServer, Respond, nothing
@@ -204,3 +209,79 @@ def test_a_request_that_fails_before_its_file_leaves_no_partial(
     with s, pytest.raises(TimeoutExpired):
         s.download("x.txt", tmp_path / "x.txt")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- uploads ---------------------------------------------------------------------
+
+
+def _uploads(ready: PutReady, verdict: Message | None = None) -> Respond:
+    """Answer every PUT with ``ready``, every DONE with ``verdict``, CANCEL with ACK."""
+
+    def respond(msg: Message) -> bytes:
+        if isinstance(msg, Put):
+            return frame(ready)
+        if isinstance(msg, Done):
+            return frame(verdict or Ack(True))
+        if isinstance(msg, Cancel):
+            return frame(Ack(True))
+        return b""
+
+    return respond
+
+
+@pytest.fixture
+def five_mib(tmp_path: Path) -> Path:
+    path = tmp_path / "five.bin"
+    path.write_bytes(os.urandom(5 * 1024 * 1024))
+    return path
+
+
+def test_an_upload_the_server_refuses_with_ack_0_is_not_a_success(
+    hostile: list[HostileServer], tmp_path: Path
+) -> None:
+    (tmp_path / "f.txt").write_text("some text\n")
+    s = session(hostile, _uploads(PutReady(), Ack(False)))
+    with s, pytest.raises(IntegrityError, match=r"check of f\.txt failed"):
+        s.upload(tmp_path / "f.txt")
+
+
+@pytest.mark.parametrize(
+    ("resume", "offset"),
+    [(False, RESUME_BLOCK_SIZE), (True, 5), (True, RESUME_BLOCK_SIZE + 1)],
+)
+def test_a_put_ready_offset_that_was_not_asked_for_is_a_protocol_error(
+    hostile: list[HostileServer], five_mib: Path, resume: bool, offset: int
+) -> None:
+    s = session(hostile, _uploads(PutReady(offset, bytes(32))))
+    with s, pytest.raises(RemoteProtocolError, match="PUT_READY offset"):
+        s.upload(five_mib, resume=resume)
+
+
+def test_a_resume_offered_again_after_a_bad_prefix_ends_the_upload(
+    hostile: list[HostileServer], five_mib: Path
+) -> None:
+    """The prefix digest does not match: the client cancels and starts over without
+    resume, where an offset is a protocol error (it used to retry until Python's
+    recursion limit)."""
+    s = session(hostile, _uploads(PutReady(RESUME_BLOCK_SIZE, bytes(32))))
+    with s, pytest.raises(RemoteProtocolError, match="PUT_READY offset"):
+        s.upload(five_mib, resume=True)
+    hostile[0].join()
+    assert sum(isinstance(m, Put) for m in hostile[0].received) == 2
+
+
+def test_the_cli_put_exits_7_when_the_server_check_fails(
+    hostile: list[HostileServer], tmp_path: Path
+) -> None:
+    (tmp_path / "f.txt").write_text("some text\n")
+    server = HostileServer(_uploads(PutReady(), Ack(False)), version=3)  # no streaming
+    hostile.append(server)
+    env = dict(os.environ, TCPFT_PASSWORD="y", TCPFT_USER="x", TCPFT_CONFIG_DIR=str(tmp_path),
+               TCPFT_STATE_DIR=str(tmp_path))  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "tcpft", "put", f"127.0.0.1:{server.port}", "f.txt", "--plaintext"],
+        env=env, capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 7, done.stderr
+    assert "failed" in done.stderr and "Traceback" not in done.stderr

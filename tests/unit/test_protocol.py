@@ -17,7 +17,12 @@ from tcpft.errors import (
     RemoteProtocolError,
 )
 from tcpft.frames import encode_frame, frame_header
-from tcpft.limits import MAX_CONTROL_PAYLOAD, MAX_DATA_PAYLOAD, MAX_PRELOGIN_PAYLOAD
+from tcpft.limits import (
+    MAX_CONTROL_PAYLOAD,
+    MAX_DATA_PAYLOAD,
+    MAX_PRELOGIN_PAYLOAD,
+    RESUME_BLOCK_SIZE,
+)
 from tcpft.messages import (
     Ack,
     Bye,
@@ -52,6 +57,8 @@ from tcpft.protocol import (
     next_state,
     payload_limit,
 )
+
+RB = RESUME_BLOCK_SIZE
 
 C, S = Role.CLIENT, Role.SERVER
 CONTENT = b"0123456789"
@@ -311,8 +318,8 @@ def test_upload_flow() -> None:
 
 def test_upload_resume_offset() -> None:
     pair = ready_pair()
-    pair.tx(C, Put("up.bin", 10, 5, resume=True), State.PUT_WAIT)
-    pair.tx(S, PutReady(4, D_AA), State.UPLOADING)
+    pair.tx(C, Put("up.bin", RB + 6, 5, resume=True), State.PUT_WAIT)
+    pair.tx(S, PutReady(RB, D_AA), State.UPLOADING)
     assert pair.c.remaining == pair.s.remaining == 6
     with pytest.raises(LocalProtocolError):
         pair.c.send(Data(CONTENT))  # 10 > 6 still due
@@ -324,19 +331,28 @@ def test_upload_resume_offset() -> None:
 
 def test_upload_resume_offset_equal_to_size() -> None:
     pair = ready_pair()
-    pair.tx(C, Put("up.bin", 10, 5, resume=True), State.PUT_WAIT)
-    pair.tx(S, PutReady(10, D_AA), State.UPLOADING)
+    pair.tx(C, Put("up.bin", RB, 5, resume=True), State.PUT_WAIT)
+    pair.tx(S, PutReady(RB, D_AA), State.UPLOADING)
     assert pair.c.remaining == 0
     pair.tx(C, Done(SHA), State.UPLOAD_ACK)
 
 
-def test_put_ready_offset_past_size() -> None:
+@pytest.mark.parametrize(
+    ("size", "resume", "offset"),
+    [
+        (RB - 1, True, RB),  # past the size
+        (2 * RB, False, RB),  # a resume the PUT did not ask for
+        (2 * RB, True, RB + 1),  # not a multiple of the block
+        (10, True, 5),
+    ],
+)
+def test_put_ready_offset_rules(size: int, resume: bool, offset: int) -> None:
     pair = ready_pair()
-    pair.tx(C, Put("up.bin", 10, 5, resume=True), State.PUT_WAIT)
+    pair.tx(C, Put("up.bin", size, 5, resume=resume), State.PUT_WAIT)
     with pytest.raises(LocalProtocolError):
-        pair.s.send(PutReady(11, D_AA))
+        pair.s.send(PutReady(offset, D_AA))
     assert pair.s.state is State.PUT_WAIT
-    pair.c.receive_data(frame_of(PutReady(11, D_AA)))
+    pair.c.receive_data(frame_of(PutReady(offset, D_AA)))
     with pytest.raises(RemoteProtocolError):
         pair.c.next_event()
     assert pair.c.state is State.CLOSED

@@ -14,7 +14,7 @@ from tcpft.errors import (
     RemoteProtocolError,
 )
 from tcpft.frames import encode_frame, frame_header
-from tcpft.limits import MAX_CONTROL_PAYLOAD, MAX_PUTS_AHEAD
+from tcpft.limits import MAX_CONTROL_PAYLOAD, MAX_PUTS_AHEAD, RESUME_BLOCK_SIZE
 from tcpft.messages import (
     Ack,
     Bye,
@@ -833,8 +833,8 @@ def test_a_plain_put_still_works_in_version_4() -> None:
 
 def test_a_plain_put_resumes_in_version_4() -> None:
     w = Wire()
-    w.exchange(C, Put("p", 10, 1, resume=True))
-    w.exchange(S, PutReady(6, DIGEST))
+    w.exchange(C, Put("p", RESUME_BLOCK_SIZE + 4, 1, resume=True))
+    w.exchange(S, PutReady(RESUME_BLOCK_SIZE, DIGEST))
     assert w.c.remaining == w.s.remaining == 4
     w.exchange(C, Data(CONTENT[6:]))
     w.exchange(C, Done(DIGEST))
