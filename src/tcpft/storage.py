@@ -501,7 +501,8 @@ class ServedDirectory(_Closing):
             InvalidName: ``path`` is not a valid name or names a partial file, its
                 directory cannot be made, or the target or the partial file exists and is
                 not a regular file.
-            AlreadyExists: the target exists and ``force`` is false.
+            AlreadyExists: the target exists and ``force`` is false, or another
+                upload is writing into the same partial file.
             TooLarge: ``size`` is over ``max_size``.
             NoSpace: free space is under the bytes still to come plus ``reserve_bytes``.
             LocalFileError: the partial file cannot be created.
@@ -532,6 +533,15 @@ class ServedDirectory(_Closing):
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise InvalidName(f"the partial file of {shown} is not a regular file")
+            try:  # held until the handle closes: one upload per partial file
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                # Another upload writes into it: of this name (another server process
+                # on this directory), or of a long name whose partial is named after
+                # its SHA-256, which is the partial of that hex name too.
+                raise AlreadyExists(
+                    f"an upload into the partial file of {shown} is in progress"
+                ) from None
             _clear_nonblock(fd)
             offset = st.st_size if resume and st.st_size <= size else 0
             if offset != st.st_size:

@@ -3,6 +3,7 @@ end the session as the spec says, and the server never loses or corrupts a file.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -172,3 +173,25 @@ def test_shutdown_sends_the_verdicts_owed_before_it_says_so(
     assert stored == list(contents)[:acks]
     for name in stored:
         assert (env.root / name).read_bytes() == contents[name]
+
+
+@pytest.mark.timeout(30)
+def test_two_streamed_names_that_share_a_partial_file_keep_their_own_bytes(
+    env: Env, server: ServerThread
+) -> None:
+    """A 250-byte name's partial is named after its SHA-256, the partial of the hex name
+    as well. Sent back to back, the second must not write into the first's partial
+    while the first is committed (the first was once stored with the second's bytes)."""
+    long_name = "L" * 250
+    hex_name = hashlib.sha256(long_name.encode()).hexdigest()
+    a, b = b"A" * (3 * MAX_DATA_PAYLOAD), b"b" * (3 * MAX_DATA_PAYLOAD)
+    with logged_in(server.port, ALICE, version=4) as conn:
+        conn.send(_streamed(long_name, a) + _streamed(hex_name, b))
+        verdicts = [conn.read_message(), conn.read_message()]
+    assert verdicts[0] == Ack(True)
+    assert (env.root / long_name).read_bytes() == a
+    if verdicts[1] == Ack(True):
+        assert (env.root / hex_name).read_bytes() == b
+    else:
+        assert isinstance(verdicts[1], Error) and verdicts[1].code == ErrorCode.ALREADY_EXISTS
+        assert not (env.root / hex_name).exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import stat
 import threading
@@ -770,3 +771,23 @@ def test_aligned_buffers() -> None:
     assert not is_aligned(view.toreadonly())
     assert not is_aligned(memoryview(b"bytes are read-only"))
     assert not is_aligned(view[:0])
+
+
+def test_two_uploads_never_share_a_partial_file(root: Path, served: ServedDirectory) -> None:
+    """A long name's partial is named after its SHA-256, which is also the partial of
+    that hex name: while one upload writes into it, the other is refused (it once
+    wrote into the same file, and the first was committed with its bytes)."""
+    long_name = "L" * 250
+    hex_name = hashlib.sha256(long_name.encode()).hexdigest()
+    assert partial_name(long_name) == partial_name(hex_name)
+    first = served.open_upload(long_name, 3, MTIME, force=False, resume=False, max_size=None)
+    with pytest.raises(AlreadyExists, match="in progress"):
+        served.open_upload(hex_name, 3, MTIME, force=False, resume=False, max_size=None)
+    first.write(b"abc")
+    first.commit()
+    assert (root / long_name).read_bytes() == b"abc"
+    second = served.open_upload(hex_name, 3, MTIME, force=False, resume=False, max_size=None)
+    second.write(b"xyz")
+    second.commit()
+    assert (root / hex_name).read_bytes() == b"xyz"
+    assert (root / long_name).read_bytes() == b"abc"
