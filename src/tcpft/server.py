@@ -804,6 +804,10 @@ class _Session:
                     raise _Abort("client stopped reading") from None
                 except OSError as exc:
                     raise _Abort(f"sendfile failed: {exc.strerror or exc}") from None
+                except RuntimeError:  # asyncio's "Transport is closing": the client left
+                    if not self.writer.transport.is_closing():
+                        raise
+                    raise _Abort("the connection closed during sendfile") from None
                 if sent < n:  # the file shrank: the frame cannot be completed
                     rec.result = "changed"
                     raise _Abort("the file shrank while it was being sent")

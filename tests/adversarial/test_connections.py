@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from tcpft.auth import UserStore
 from tcpft.client import Session
 from tcpft.errors import ConnectError, ErrorCode
-from tcpft.messages import Data, Get, Login, Put, PutReady
+from tcpft.messages import Ack, Data, Done, FileHeader, Get, Login, Put, PutReady
 
 from ..conftest import ALICE, Env, ServerThread
 from .rawclient import SECOND_ADDRESS, RawConn, expect_error, frame, logged_in
@@ -226,3 +227,29 @@ def test_pre_login_buffering_is_bounded(start_server: StartServer) -> None:
 
         held = int(srv.call(buffered))
     assert held <= 32 * 1024, f"an unauthenticated client made the server hold {held} bytes"
+
+
+@pytest.mark.timeout(60)
+def test_a_plaintext_download_reset_mid_sendfile_logs_no_error(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A warm plaintext download goes out with sendfile; a client that resets the
+    connection then made asyncio raise RuntimeError ("Transport is closing"), which
+    the server logged as an internal error with a traceback."""
+    srv = start_server(plaintext=True)
+    with logged_in(srv.port, ALICE, version=4, tls=False) as conn:  # warm the digest
+        conn.send(frame(Get("data.bin")))
+        while not isinstance(msg := conn.read_message(), Done):
+            assert isinstance(msg, (FileHeader, Data)), msg
+        conn.send(frame(Ack(True)))
+    with caplog.at_level(logging.INFO):
+        for _ in range(5):
+            conn = logged_in(srv.port, ALICE, version=4, tls=False)
+            conn.send(frame(Get("data.bin")))
+            assert isinstance(conn.read_message(), FileHeader)
+            conn.reset()
+        deadline = time.monotonic() + 5
+        while srv.call(lambda: srv.server.connection_count) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not errors, [r.getMessage() for r in errors]
