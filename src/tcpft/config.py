@@ -60,8 +60,8 @@ class ServerConfig:
     max_connections: int = 256
     max_unauthenticated: int = 64
     max_per_address: int = 32
-    idle_timeout: float = 300.0  # waiting for the next request
-    stall_timeout: float = 60.0  # peer not reading (download) or not sending (upload)
+    idle_timeout: float = 300.0  # waiting for the next request (the whole of it)
+    stall_timeout: float = 60.0  # peer taking and sending no byte at all during a transfer
     shutdown_grace: float = 30.0  # running transfers may finish within this on SIGTERM
 
     # Transfers.

@@ -1,9 +1,10 @@
 """The few C library calls the standard library lacks, and direct I/O, each best effort.
 
 Linux's ``fallocate`` with ``FALLOC_FL_KEEP_SIZE`` (``os.posix_fallocate`` would change
-the file size) and ``sync_file_range``, glibc's ``mallopt``, and switching a descriptor
-to direct I/O (``O_DIRECT``). Elsewhere, or when the call is missing or refused, the
-functions do nothing: they only make things cheaper.
+the file size) and ``sync_file_range``, glibc's ``mallopt``, switching a descriptor
+to direct I/O (``O_DIRECT``), and what a TCP peer has acknowledged (``TCP_INFO``).
+Elsewhere, or when the call is missing or refused, the functions do nothing: they
+only make things cheaper, or a stall easier to tell from a slow peer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import ctypes
 import fcntl
 import mmap
 import os
+import socket
+import struct
 import sys
 from typing import Any
 
@@ -164,3 +167,28 @@ def set_direct_io(fd: int, on: bool) -> bool:
     except OSError:
         return False
     return True
+
+
+_TCPI_BYTES_ACKED = 120  # offset of tcpi_bytes_acked (u64) in Linux's struct tcp_info
+
+
+def socket_bytes_acked(sock: socket.socket) -> int | None:
+    """How many bytes the peer of TCP socket ``sock`` has acknowledged since the
+    connection began (Linux 4.1 and later), or None where that cannot be read.
+
+    It grows as the peer's kernel takes data, which, once its receive buffer is full,
+    is as the peer's program reads: unlike an asyncio transport's buffer, which moves
+    in large steps (a writer is woken only once a good part of a full send buffer
+    is free), it shows a slow reader's every byte.
+    """
+    tcp_info = getattr(socket, "TCP_INFO", None)
+    if tcp_info is None or not sys.platform.startswith("linux"):
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, tcp_info, 256)
+    except OSError:
+        return None
+    if len(info) < _TCPI_BYTES_ACKED + 8:
+        return None
+    acked: int = struct.unpack_from("<Q", info, _TCPI_BYTES_ACKED)[0]
+    return acked

@@ -50,13 +50,23 @@ class Receiver:
 
     # --- the reading side ----------------------------------------------------------
 
-    async def read_into(self, view: memoryview, *, exact: bool = False) -> int:
+    async def read_into(
+        self,
+        view: memoryview,
+        *,
+        exact: bool = False,
+        stall: float | None = None,
+        busy: Callable[[], int] | None = None,
+    ) -> int:
         """Receive into ``view``: all of it with ``exact``, else at least one byte.
 
         Returns the number of bytes received; fewer than asked (0 without
         ``exact``) only when the peer has closed.
 
         Raises:
+            TimeoutError: ``stall`` seconds passed without a byte, and without a
+                change of ``busy()`` (say, what the peer has still to read): a peer
+                that keeps sending or reading, however slowly, is waited for.
             OSError, ssl.SSLError: the connection failed.
         """
         got = self._take_extra(view)
@@ -68,14 +78,35 @@ class Receiver:
             return got
         if self._waiter is not None:
             raise RuntimeError("read_into() is already waiting")
+        loop = asyncio.get_running_loop()
         self._target, self._filled, self._exact = view[got:], 0, exact
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter = loop.create_future()
+        timer: asyncio.TimerHandle | None = None
+        if stall is not None:
+
+            def activity() -> tuple[int, int]:
+                return self._filled, busy() if busy is not None else 0
+
+            seen = activity()
+
+            def check() -> None:
+                nonlocal seen, timer
+                now = activity()
+                if now == seen:
+                    if not waiter.done():
+                        waiter.set_exception(TimeoutError())
+                    return
+                seen, timer = now, loop.call_later(stall, check)
+
+            timer = loop.call_later(stall, check)
         self._resume()
         try:
-            await self._waiter
+            await waiter
         finally:
             got += self._filled
             self._target, self._waiter = None, None
+            if timer is not None:
+                timer.cancel()
         if self._error is not None and not got:
             raise self._error
         return got

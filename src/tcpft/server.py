@@ -17,9 +17,9 @@ import mmap
 import os
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from . import __version__
 from .audit import Audit
@@ -77,7 +77,7 @@ from .messages import (
     batch_entries,
 )
 from .names import printable
-from .native import aligned_buffer
+from .native import aligned_buffer, socket_bytes_acked
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role
 from .receiver import Receiver, ReceiverProtocol
@@ -86,6 +86,7 @@ from .storage import ReadHandle, ServedDirectory, UploadHandle
 log = logging.getLogger("tcpft.server")
 
 SOFTWARE = f"tcpft/{__version__}"
+_T = TypeVar("_T")
 _READ_SIZE = 64 * 1024  # bytes taken per read outside the DATA fast path, after login
 _READ_BLOCK = 512 * 1024  # file bytes read (and hashed) per step of a download
 _SMALL_FILE = 256 * 1024  # up to this, a download is sent in one write (see _send_small)
@@ -326,6 +327,7 @@ class _Session:
         self._payload_left = 0  # bytes of the DATA payload in progress not read yet
         self._failed_read: Exception | None = None  # deferred by _next_payload
         self.writer = writer
+        self._tcp = writer.transport  # stays beneath TLS once start_tls wraps it
         self.addr = addr
         self.conn = Connection(Role.SERVER)
         self.user: User | None = None
@@ -349,11 +351,43 @@ class _Session:
         await self._drain()
 
     async def _drain(self) -> None:
+        """Wait for the client to take what was written (see :meth:`_while_taken`)."""
+        await self._while_taken(self.writer.drain())
+
+    async def _while_taken(self, work: Awaitable[_T]) -> _T:
+        """Await ``work`` (a drain, a sendfile) for as long as the client takes bytes.
+
+        _Abort once ``stall_timeout`` passes in which it took none: a client reading
+        slowly is waited for, one that stopped is not.
+        """
+        task = asyncio.ensure_future(work)
         try:
-            async with asyncio.timeout(self.cfg.stall_timeout):
-                await self.writer.drain()
-        except TimeoutError:
-            raise _Abort("client stopped reading") from None
+            while True:
+                mark = self._taken()
+                done, _ = await asyncio.wait([task], timeout=self.cfg.stall_timeout)
+                if done:
+                    return task.result()
+                if self._taken() == mark:
+                    raise _Abort("client stopped reading")
+        finally:
+            if not task.done():
+                task.cancel()
+                task.add_done_callback(_retrieve)
+
+    def _taken(self) -> int:
+        """A count that changes whenever the client takes bytes of ours: what its TCP
+        has acknowledged, or (where that cannot be read) what waits in the transport's
+        buffers, negated."""
+        tcp = self._tcp
+        sock = tcp.get_extra_info("socket")
+        acked = socket_bytes_acked(sock) if sock is not None else None
+        if acked is not None:
+            return acked
+        app = self.writer.transport
+        queued = app.get_write_buffer_size()
+        if tcp is not app:
+            queued += tcp.get_write_buffer_size()
+        return -queued
 
     async def _next(self, timeout: float | None) -> Message:
         """The next message from the client; raises _PeerClosed on a clean close."""
@@ -372,9 +406,11 @@ class _Session:
             return event
 
     async def _read_into(self, view: memoryview, timeout: float | None, *, exact: bool) -> int:
+        """Read from the client; TimeoutExpired after ``timeout`` seconds in which it
+        neither sent a byte nor took one of ours (say, the end of a download that is
+        still on its way to a slow client, before its ACK can come)."""
         try:
-            async with asyncio.timeout(timeout):
-                return await self.receiver.read_into(view, exact=exact)
+            return await self.receiver.read_into(view, exact=exact, stall=timeout, busy=self._taken)
         except TimeoutError:
             raise TimeoutExpired("no data from the client in time") from None
 
@@ -563,7 +599,11 @@ class _Session:
                 await self._flush_verdicts()
                 await self._fatal(ErrorCode.SHUTTING_DOWN, "the server is shutting down")
                 return
-            msg = await self._next(self.cfg.idle_timeout)
+            try:  # for the whole request: a byte now and then does not keep it open
+                async with asyncio.timeout(self.cfg.idle_timeout):
+                    msg = await self._next(None)
+            except TimeoutError:
+                raise TimeoutExpired("no request from the client in time") from None
             self.busy = True
             if isinstance(msg, ListRequest):
                 await self._send_listing(msg)
@@ -798,10 +838,7 @@ class _Session:
                 n = min(self.cfg.chunk_size, size - pos)
                 self.writer.write(self.conn.send_data_header(n))
                 try:
-                    async with asyncio.timeout(self.cfg.stall_timeout):
-                        sent = await loop.sendfile(self.writer.transport, fh, pos, n)
-                except TimeoutError:
-                    raise _Abort("client stopped reading") from None
+                    sent = await self._while_taken(loop.sendfile(self.writer.transport, fh, pos, n))
                 except OSError as exc:
                     raise _Abort(f"sendfile failed: {exc.strerror or exc}") from None
                 except RuntimeError:  # asyncio's "Transport is closing": the client left

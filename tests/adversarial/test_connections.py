@@ -4,17 +4,32 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import argon2
+import blake3
 import pytest
 
 from tcpft.auth import UserStore
 from tcpft.client import Session
 from tcpft.errors import ConnectError, ErrorCode
-from tcpft.messages import Ack, Data, Done, FileHeader, Get, Login, Put, PutReady
+from tcpft.frames import FrameDecoder
+from tcpft.limits import MAX_DATA_PAYLOAD
+from tcpft.messages import (
+    Ack,
+    Data,
+    Done,
+    Error,
+    FileHeader,
+    Get,
+    Login,
+    Put,
+    PutReady,
+    decode_message,
+)
 
 from ..conftest import ALICE, Env, ServerThread
 from .rawclient import SECOND_ADDRESS, RawConn, expect_error, frame, logged_in
@@ -151,6 +166,86 @@ def test_stall_timeout_closes_a_client_that_stops_reading(
         # Reading now drains what was buffered, then the connection ends.
         conn.sock.settimeout(5)
         assert conn.wait_closed(10.0) < 10.0
+
+
+@pytest.mark.timeout(30)
+def test_the_idle_timeout_counts_a_whole_request_not_each_byte(
+    start_server: StartServer,
+) -> None:
+    """A request dripped a byte at a time, each byte within the idle timeout, is still
+    one request that took too long (it used to keep the session open for ever)."""
+    srv = start_server(idle_timeout=1.0)
+    with logged_in(srv.port, ALICE) as conn:
+        request = frame(Get("hello.txt"))
+        start = time.monotonic()
+        with contextlib.suppress(OSError):
+            for byte in request[:-1]:
+                conn.send(bytes([byte]))
+                time.sleep(0.3)
+        expect_error(conn, ErrorCode.IDLE_TIMEOUT, timeout=5.0)
+        took = time.monotonic() - start
+    assert took < 2.5, f"a dripped request was waited for {took:.2f} s (timeout 1 s)"
+
+
+@pytest.mark.timeout(60)
+def test_an_upload_sent_slowly_but_steadily_is_not_a_stall(
+    start_server: StartServer, env: Env
+) -> None:
+    """The stall timeout is the longest time without a byte, not the time one DATA
+    frame takes: 256 KiB in 16 KiB pieces 0.15 s apart take 2.4 s, the timeout is 1 s."""
+    srv = start_server(stall_timeout=1.0)
+    content = bytes(range(256)) * 1024
+    with logged_in(srv.port, ALICE, version=4) as conn:
+        conn.send(frame(Put("slow.bin", len(content), 0)))
+        assert isinstance(conn.read_message(), PutReady)
+        data = frame(Data(content))
+        for i in range(0, len(data), 16 * 1024):
+            conn.send(data[i : i + 16 * 1024])
+            time.sleep(0.15)
+        conn.send(frame(Done(blake3.blake3(content).digest())))
+        assert conn.read_message(10.0) == Ack(True)
+    assert (env.root / "slow.bin").read_bytes() == content
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("warm", [False, True], ids=["written", "sendfile"])
+def test_a_download_read_slowly_but_steadily_is_not_a_stall(
+    start_server: StartServer, env: Env, warm: bool
+) -> None:
+    """The server waits for a client that takes its bytes slowly, as long as it takes
+    some within every stall timeout: here 16 KiB every 13 ms (1.2 MB/s) against a
+    0.25 s timeout, where one DATA frame (512 KiB written, 1 MiB by sendfile once the
+    digest is known) takes 0.44 s or more to be taken, and the end of the file is
+    still on its way when the server starts to wait for the ACK."""
+    content = os.urandom(8 * 1024 * 1024)
+    (env.root / "slow.bin").write_bytes(content)
+    srv = start_server(plaintext=True, stall_timeout=0.25)
+    if warm:
+        with logged_in(srv.port, ALICE, version=4, tls=False) as conn:
+            conn.send(frame(Get("slow.bin")))
+            while not isinstance(conn.read_message(), Done):
+                pass
+            conn.send(frame(Ack(True)))
+    with logged_in(srv.port, ALICE, version=4, tls=False, rcvbuf=16 * 1024) as conn:
+        conn.send(frame(Get("slow.bin")))
+        decoder, received = FrameDecoder(), 0
+        messages: list[object] = []
+        started = time.monotonic()
+        while not messages or not isinstance(messages[-1], (Done, Error)):
+            piece = conn.sock.recv(16 * 1024)
+            assert piece, "the server closed the connection"
+            decoder.feed(piece)
+            received += len(piece)
+            while (got := decoder.next_frame(lambda _: MAX_DATA_PAYLOAD)) is not None:
+                messages.append(decode_message(got.type, got.payload))
+            if isinstance(messages[-1] if messages else None, (Done, Error)):
+                break
+            time.sleep(max(0.0, started + received / 1.2e6 - time.monotonic()))
+        took = time.monotonic() - started
+        conn.send(frame(Ack(True)))
+    assert isinstance(messages[0], FileHeader) and isinstance(messages[-1], Done), messages[-1]
+    assert b"".join(m.data for m in messages if isinstance(m, Data)) == content
+    assert took > 5.0, f"read in {took:.2f} s: not slowly enough to test anything"
 
 
 class _SlowHasher(argon2.PasswordHasher):
