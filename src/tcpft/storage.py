@@ -381,6 +381,9 @@ class ServedDirectory(_Closing):
         # entries twice and others not at all.
         fd = os.open(".", _DIR_FLAGS, dir_fd=self._root_fd)
         for i, part in enumerate(parts):
+            if is_partial_name(part):  # hidden from listings: never a way through
+                os.close(fd)
+                raise InvalidName(f"not a directory: {printable('/'.join(parts[: i + 1]))}")
             try:
                 if create:
                     with contextlib.suppress(FileExistsError):
@@ -479,6 +482,12 @@ class ServedDirectory(_Closing):
             raise
         return ReadHandle(fd, st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino, st.st_ctime_ns)
 
+    @staticmethod
+    def _check_space(dir_fd: int, needed: int, shown: str, size: int) -> None:
+        vfs = os.fstatvfs(dir_fd)
+        if vfs.f_bavail * vfs.f_frsize < needed:
+            raise NoSpace(f"not enough free space to store {shown} ({size} bytes)")
+
     def open_upload(
         self,
         path: str,
@@ -511,6 +520,11 @@ class ServedDirectory(_Closing):
         name, shown = parts[-1], printable(path)
         if is_partial_name(name):
             raise InvalidName(f"not a valid upload name: {shown}")
+        # Refused before any missing directory is made for it.
+        if max_size is not None and size > max_size:
+            raise TooLarge(f"{shown}: {size} bytes is over the limit of {max_size} bytes")
+        if not resume:  # (a resume may need less: what its partial holds is counted)
+            self._check_space(self._root_fd, size + reserve_bytes, shown, size)
         parent = self._open_dir(parts[:-1], create=True)
         fd = -1
         try:
@@ -519,16 +533,12 @@ class ServedDirectory(_Closing):
                 raise InvalidName(f"exists and is not a regular file: {shown}")
             if target is not None and not force:
                 raise AlreadyExists(f"{shown} already exists")
-            if max_size is not None and size > max_size:
-                raise TooLarge(f"{shown}: {size} bytes is over the limit of {max_size} bytes")
             pname = partial_name(name)
             old = _lstat_at(pname, parent)
             if old is not None and not stat.S_ISREG(old.st_mode):
                 raise InvalidName(f"the partial file of {shown} is not a regular file")
             present = old.st_size if old is not None and resume and old.st_size <= size else 0
-            vfs = os.fstatvfs(parent)
-            if vfs.f_bavail * vfs.f_frsize < (size - present) + reserve_bytes:
-                raise NoSpace(f"not enough free space to store {shown} ({size} bytes)")
+            self._check_space(parent, (size - present) + reserve_bytes, shown, size)
             fd = os.open(pname, _PARTIAL_FLAGS, 0o600, dir_fd=parent)
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

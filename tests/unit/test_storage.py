@@ -791,3 +791,30 @@ def test_two_uploads_never_share_a_partial_file(root: Path, served: ServedDirect
     second.commit()
     assert (root / hex_name).read_bytes() == b"xyz"
     assert (root / long_name).read_bytes() == b"abc"
+
+
+@pytest.mark.parametrize("path", ["a.bin.tcpft-part/x", ".x.tcpft-part/deeper/y"])
+def test_a_partial_name_is_never_a_directory_on_the_way(
+    root: Path, served: ServedDirectory, path: str
+) -> None:
+    """Partial names are hidden from listings; a directory of such a name, made by
+    an upload, was reachable all the same, and blocked later uploads of the file."""
+    with pytest.raises(InvalidName):
+        served.open_upload(path, 1, MTIME, force=False, resume=False, max_size=None)
+    assert list(root.iterdir()) == []
+    (root / path).parent.mkdir(parents=True)
+    (root / path).write_bytes(b"x")
+    with pytest.raises(InvalidName):
+        served.open_read(path)
+    with pytest.raises(InvalidName):
+        served.list(str(Path(path).parent))
+
+
+@pytest.mark.parametrize("max_size", [None, 10])
+def test_a_refused_upload_makes_no_directory(
+    root: Path, served: ServedDirectory, max_size: int | None
+) -> None:
+    with pytest.raises((NoSpace, TooLarge)):
+        served.open_upload("new/deeper/f.bin", 2**62, MTIME, force=False, resume=False,
+                           max_size=max_size)  # fmt: skip
+    assert list(root.iterdir()) == []
