@@ -70,6 +70,7 @@ class ServerConfig:
     upload_reserve: int = 64 * 1024 * 1024  # free space kept after an upload
     limit_rate: int | None = None  # bytes per second per connection
     max_list_entries: int = 100_000
+    max_list_bytes: int = 8 * 1024 * 1024  # one listing's LIST_ENTRIES payloads in all
 
     # Audit.
     audit_json: Path | None = None  # also write JSON lines here
@@ -97,6 +98,7 @@ class ServerConfig:
             "penalty_threshold",
             "chunk_size",
             "max_list_entries",
+            "max_list_bytes",
         )
         for name in positive:
             value = getattr(self, name)
@@ -166,7 +168,7 @@ def _coerce(path: Path, key: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UsageError(f"config file {path}: {key} must be a number")
         return float(value)
-    if key in ("limit_rate", "max_upload_size") and isinstance(value, str):
+    if key in ("limit_rate", "max_upload_size", "max_list_bytes") and isinstance(value, str):
         return parse_size(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"config file {path}: {key} must be an integer")

@@ -98,6 +98,7 @@ _SMALL_FILE = 256 * 1024  # up to this, a download is sent in one write (see _se
 _UPLOAD_BUFFER = 512 * 1024
 _UPLOAD_BUFFER_LARGE = 2 * MAX_DATA_PAYLOAD
 _LARGE_BUFFER_UPLOADS = 8
+_LIST_SLOTS = 4  # listings made at once, and large ones held while they are sent
 _RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None)
 _PRELOGIN_READ = MAX_PRELOGIN_PAYLOAD + FRAME_HEADER_SIZE
 _CLOSE_TIMEOUT = 2.0
@@ -169,6 +170,7 @@ class Server:
         self._uploads: set[str] = set()
         self._large_buffer_uploads = 0  # uploads with _UPLOAD_BUFFER_LARGE buffers now
         self._hash_slots = asyncio.Semaphore(config.max_concurrent_hashes)
+        self._list_slots = asyncio.Semaphore(_LIST_SLOTS)
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -618,18 +620,37 @@ class _Session:
     # --- listing -------------------------------------------------------------------
 
     async def _send_listing(self, req: ListRequest) -> None:
+        """Send a listing. At most :data:`_LIST_SLOTS` are made at once, in the
+        workers that logins and file reads share; one of more than a frame also holds
+        its slot until it is sent, so that clients that do not read cannot make the
+        server hold many large listings at a time (``max_list_bytes`` each)."""
+        slots = self.server._list_slots
+        await slots.acquire()
+        held = True
         try:
-            entries = await asyncio.to_thread(
-                self.server.storage.list,
-                req.path,
-                recursive=req.recursive,
-                limit=self.cfg.max_list_entries,
-            )
-        except TcpftError as exc:
-            await self._send(Error.of(exc.code, str(exc)))
-            return
-        for batch in batch_entries(entries, MAX_DATA_PAYLOAD):
-            await self._send(batch)
+            try:
+                entries = await asyncio.to_thread(
+                    self.server.storage.list,
+                    req.path,
+                    recursive=req.recursive,
+                    limit=self.cfg.max_list_entries,
+                    byte_limit=self.cfg.max_list_bytes,
+                )
+            except TcpftError as exc:
+                slots.release()
+                held = False
+                await self._send(Error.of(exc.code, str(exc)))
+                return
+            batches = list(batch_entries(entries, MAX_DATA_PAYLOAD))
+            del entries
+            if len(batches) <= 1:  # small: sent without holding a slot
+                slots.release()
+                held = False
+            for batch in batches:
+                await self._send(batch)
+        finally:
+            if held:
+                slots.release()
         await self._send(ListEnd())
 
     # --- download ------------------------------------------------------------------

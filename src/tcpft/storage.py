@@ -32,7 +32,7 @@ from tcpft.errors import (
     TooLarge,
     UsageError,
 )
-from tcpft.messages import Entry
+from tcpft.messages import Entry, entry_wire_size
 from tcpft.names import is_partial_name, join_path, partial_name, printable, split_path
 from tcpft.native import DIRECT_IO_ALIGN, is_aligned, set_direct_io, start_writeback
 
@@ -401,7 +401,14 @@ class ServedDirectory(_Closing):
             fd = child
         return fd
 
-    def list(self, path: str = "", *, recursive: bool = False, limit: int = 100_000) -> list[Entry]:
+    def list(
+        self,
+        path: str = "",
+        *,
+        recursive: bool = False,
+        limit: int = 100_000,
+        byte_limit: int | None = None,
+    ) -> list[Entry]:
         """List the regular files and directories in directory ``path``, sorted by path.
 
         Symbolic links, special files, partial files and names that are not valid
@@ -410,10 +417,12 @@ class ServedDirectory(_Closing):
 
         Raises:
             InvalidName: ``path`` is not a valid name or not a reachable directory.
-            TooLarge: there are more than ``limit`` entries.
+            TooLarge: there are more than ``limit`` entries, or they would take more
+                than ``byte_limit`` bytes on the wire.
         """
         start = split_path(path, allow_root=True)
         entries: list[Entry] = []
+        wire_bytes = 0
         pending = [start]
         while pending:
             parts = pending.pop()
@@ -438,7 +447,11 @@ class ServedDirectory(_Closing):
                         if len(entries) >= limit:
                             raise TooLarge(f"listing exceeds {limit} entries")
                         size = 0 if is_dir else st.st_size
-                        entries.append(Entry(wire, is_dir, size, st.st_mtime_ns))
+                        entry = Entry(wire, is_dir, size, st.st_mtime_ns)
+                        wire_bytes += entry_wire_size(entry)
+                        if byte_limit is not None and wire_bytes > byte_limit:
+                            raise TooLarge(f"listing exceeds {byte_limit} bytes")
+                        entries.append(entry)
                         if is_dir and recursive:
                             pending.append(child)
             except OSError as exc:

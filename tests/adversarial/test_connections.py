@@ -25,6 +25,7 @@ from tcpft.messages import (
     Error,
     FileHeader,
     Get,
+    ListRequest,
     Login,
     Put,
     PutReady,
@@ -348,3 +349,22 @@ def test_a_plaintext_download_reset_mid_sendfile_logs_no_error(
             time.sleep(0.05)
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert not errors, [r.getMessage() for r in errors]
+
+
+@pytest.mark.timeout(30)
+def test_a_listing_over_max_list_bytes_is_refused_and_listing_goes_on(
+    start_server: StartServer, env: Env
+) -> None:
+    """Too large a listing gets TOO_LARGE; refusals and small listings give their slot
+    back (at most 4 listings are made at once), so the next ones are served."""
+    (env.root / "wide").mkdir()
+    for i in range(40):
+        (env.root / "wide" / (f"{i:02d}" + "w" * 200)).write_text("x")
+    srv = start_server(max_list_bytes=4096)
+    with logged_in(srv.port, ALICE, version=4) as conn:
+        for _ in range(6):
+            conn.send(frame(ListRequest("wide")))
+            expect_error(conn, ErrorCode.TOO_LARGE)
+        for _ in range(6):
+            conn.send(frame(ListRequest("")))
+            assert "wide" in conn.read_listing()

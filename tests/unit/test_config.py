@@ -179,6 +179,7 @@ def test_nan_timeout_is_refused(tmp_path: Path) -> None:
         ("max_per_address", 0),
         ("max_concurrent_hashes", 0),
         ("max_list_entries", 0),
+        ("max_list_bytes", 0),
         ("limit_rate", 0),
         ("limit_rate", -5),
     ],

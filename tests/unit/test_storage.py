@@ -22,6 +22,7 @@ from tcpft.errors import (
     UsageError,
 )
 from tcpft.limits import MAX_NAME_BYTES
+from tcpft.messages import entry_wire_size
 from tcpft.names import partial_name
 from tcpft.native import DIRECT_IO_ALIGN, aligned_buffer, is_aligned, set_direct_io
 from tcpft.storage import (
@@ -196,6 +197,16 @@ def test_list_limit(root: Path, served: ServedDirectory) -> None:
     assert len(served.list(recursive=True, limit=7)) == 7
     with pytest.raises(TooLarge):
         served.list(recursive=True, limit=6)
+
+
+def test_list_byte_limit(root: Path, served: ServedDirectory) -> None:
+    """Long names fill a listing sooner than many entries: it is bounded in bytes too."""
+    for i in range(10):
+        (root / (f"{i}" + "n" * 200)).write_text("x")
+    each = entry_wire_size(served.list()[0])
+    assert len(served.list(byte_limit=10 * each)) == 10
+    with pytest.raises(TooLarge, match=f"exceeds {10 * each - 1} bytes"):
+        served.list(byte_limit=10 * each - 1)
 
 
 @pytest.mark.parametrize("path", ["missing", "..", "/", "/etc", "a/../b", "b.txt", "link"])
