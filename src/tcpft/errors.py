@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import enum
 
+from .limits import MAX_ERROR_TEXT_BYTES
+
 
 class ErrorCode(enum.IntEnum):
     """Error codes carried by the ERROR frame (u16). See docs/PROTOCOL.md."""
@@ -293,7 +295,13 @@ _BY_CODE: dict[ErrorCode, type[TcpftError]] = {
 
 
 def error_from_wire(code: int, message: str) -> TcpftError:
-    """Build the exception matching an ERROR frame received from the peer."""
+    """Build the exception matching an ERROR frame received from the peer.
+
+    A text longer than ``MAX_ERROR_TEXT_BYTES`` (which senders do not pass) is cut
+    there, so that a peer cannot fill a terminal or a log with one error.
+    """
+    if len(message) > MAX_ERROR_TEXT_BYTES:
+        message = message[:MAX_ERROR_TEXT_BYTES] + "..."
     try:
         cls = _BY_CODE[ErrorCode(code)]
     except (ValueError, KeyError):

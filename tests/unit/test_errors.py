@@ -177,3 +177,10 @@ def test_drawn_tree_matches_the_classes() -> None:
 def test_drawn_tree_names_every_class() -> None:
     drawn = {name for _, name, _ in _drawn_tree()}
     assert {cls.__name__ for cls in CLASSES} == drawn
+
+
+def test_a_long_error_text_from_the_wire_is_cut() -> None:
+    """Senders cut at MAX_ERROR_TEXT_BYTES; a peer that does not gets cut here."""
+    exc = error_from_wire(int(ErrorCode.IO_ERROR), "x" * 60_000)
+    assert len(str(exc)) < 1100 and str(exc).endswith("...")
+    assert str(error_from_wire(int(ErrorCode.IO_ERROR), "short")) == "short"
