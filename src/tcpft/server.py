@@ -16,8 +16,9 @@ import logging
 import mmap
 import os
 import ssl
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -90,11 +91,12 @@ _T = TypeVar("_T")
 _READ_SIZE = 64 * 1024  # bytes taken per read outside the DATA fast path, after login
 _READ_BLOCK = 512 * 1024  # file bytes read (and hashed) per step of a download
 _SMALL_FILE = 256 * 1024  # up to this, a download is sent in one write (see _send_small)
-# An upload is received into two buffers, each written by a worker while the other
-# fills, with as many DATA frames as fit; a payload larger than a buffer is received in
-# pieces. Larger buffers mean fewer hand-offs to the worker and larger direct writes
-# (docs/PERFORMANCE.md), so the first few uploads at once get them and the rest the
-# smaller size, which bounds memory.
+# An upload is received into buffers (three for the large ones, two for the others),
+# each written and hashed by workers while the next fills, with as many DATA frames
+# as fit; a payload larger than a buffer is received in pieces. Larger buffers mean
+# fewer hand-offs to the workers and larger direct writes (docs/PERFORMANCE.md), so
+# the first few uploads at once get them and the rest the smaller size, which bounds
+# memory.
 _UPLOAD_BUFFER = 512 * 1024
 _UPLOAD_BUFFER_LARGE = 2 * MAX_DATA_PAYLOAD
 _LARGE_BUFFER_UPLOADS = 8
@@ -963,17 +965,28 @@ class _Session:
         if not req.stream:
             await self._send(PutReady(offset, digest))
         failed: TcpftError | None = None
-        # One chunk is written and hashed in a worker while the next one arrives
-        # into the other buffer.
-        pending: asyncio.Future[None] | None = None
-        buffers: list[mmap.mmap | None] = [None, None]
+        # Chunks are written and hashed in workers while the next ones arrive, each
+        # chunk's write beside its hash (see _ChunkStore). Large uploads
+        # have three buffers, so that two chunks can be in flight while a third one
+        # fills: a direct write waits for the disk, and one that waits longer than
+        # usual then does not stop the receiving.
+        store = _ChunkStore(upload, hasher)
+        inflight: deque[asyncio.Future[None]] = deque()
+        buffers: list[mmap.mmap | None] = [None] * (3 if buffer_size > _UPLOAD_BUFFER else 2)
+        depth = len(buffers) - 1  # chunks in flight while the next one is received
         last: memoryview | None = None  # the final chunk, written with the commit
         try:
             while True:
                 item = await self._next_payload(buffers, buffer_size)
                 if failed is None:
-                    failed, pending = await _settled(pending), None
+                    # The buffer that fills next must be free; everything, at the end.
+                    keep = depth - 1 if isinstance(item, memoryview | Data) else 0
+                    while len(inflight) > keep and failed is None:
+                        failed = await _settled(inflight.popleft())
                     if failed is not None:
+                        for later in inflight:
+                            await _settled(later)  # its buffer is about to be reused
+                        inflight.clear()
                         upload.abort(keep=False)
                         await self._flush_verdicts()
                         await self._send(Error.of(failed.code, str(failed)))
@@ -982,7 +995,7 @@ class _Session:
                 if isinstance(item, memoryview):
                     if not item:  # an empty DATA carries nothing: not even the last chunk
                         continue
-                    buffers.reverse()  # the one just filled is being written now
+                    buffers.append(buffers.pop(0))  # the one just filled is in flight now
                     if failed is not None:
                         continue
                     rec.bytes += len(item)
@@ -992,20 +1005,20 @@ class _Session:
                     # Written in a worker even when small: a write into the page cache
                     # can be held for up to 200 ms while the kernel throttles writers,
                     # which on the loop would stall every client.
-                    pending = asyncio.ensure_future(
-                        asyncio.to_thread(_write_chunk, upload, item, hasher)
-                    )
+                    inflight.append(store.add(item))
                     continue
                 msg = item
                 break
         finally:
-            if pending is not None and not pending.done():
+            if inflight:
                 # Receiving ended early (a cut, a stall, a bad frame): what arrived
                 # whole reaches the partial file before the upload is closed, so that a
                 # resume can skip it.
-                pending.add_done_callback(_retrieve)
+                for pending in inflight:
+                    pending.add_done_callback(_retrieve)
                 with contextlib.suppress(Exception):
-                    await asyncio.shield(pending)
+                    await asyncio.shield(asyncio.wait(set(inflight)))
+            store.close()
         if isinstance(msg, Done):
             rec.digest = labelled(self.algorithm, msg.digest)
         if failed is not None:
@@ -1114,6 +1127,54 @@ def _read_chunk(fd: int, n: int, pos: int, hasher: Hasher | None) -> bytes:
     if hasher is not None:
         hasher.update(chunk)
     return chunk
+
+
+class _ChunkStore:
+    """An upload's chunks, written and hashed in two worker threads of its own.
+
+    One thread writes the chunks in turn, the other hashes them in turn (both release
+    the GIL), so a chunk's write and its hash run side by side: a direct write, which
+    waits for the disk, holds up neither the hashing nor the receiving. Threads of
+    the upload's own keep the order without any hand-off through the event loop;
+    they are made at the first chunk (an upload of one chunk needs none) and end
+    after :meth:`close`. Measured against one worker doing both in turn, and against
+    the shared pool: docs/PERFORMANCE.md.
+    """
+
+    def __init__(self, upload: UploadHandle, hasher: Hasher) -> None:
+        self._upload = upload
+        self._hasher = hasher
+        self._workers: tuple[ThreadPoolExecutor, ThreadPoolExecutor] | None = None
+
+    def add(self, chunk: memoryview) -> asyncio.Future[None]:
+        """Write and hash ``chunk`` after the chunks before it.
+
+        The result is done once both are, with the write's error if it failed.
+        """
+        if self._workers is None:
+            self._workers = (
+                ThreadPoolExecutor(1, thread_name_prefix="tcpft-write"),
+                ThreadPoolExecutor(1, thread_name_prefix="tcpft-hash"),
+            )
+        writer, hasher = self._workers
+        loop = asyncio.get_running_loop()
+        write = loop.run_in_executor(writer, self._upload.write, chunk)
+        hashing = loop.run_in_executor(hasher, self._hasher.update, chunk)
+        return asyncio.ensure_future(_both(write, hashing))
+
+    def close(self) -> None:
+        """Let the threads end once the chunks given to them are done."""
+        if self._workers is not None:
+            for worker in self._workers:
+                worker.shutdown(wait=False)
+            self._workers = None
+
+
+async def _both(write: asyncio.Future[Any], hashing: asyncio.Future[Any]) -> None:
+    await asyncio.wait([write, hashing])
+    for error in [write.exception(), hashing.exception()]:  # both taken, the write's first
+        if error is not None:
+            raise error
 
 
 async def _settled(pending: asyncio.Future[None] | None) -> TcpftError | None:

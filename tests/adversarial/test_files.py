@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from tcpft import server as server_module
 from tcpft.client import Session
 from tcpft.errors import ErrorCode, FileChanged, IntegrityError
 from tcpft.limits import MAX_DATA_PAYLOAD
@@ -33,6 +32,7 @@ from tcpft.messages import (
     Put,
     PutReady,
 )
+from tcpft.storage import UploadHandle
 
 from ..conftest import ALICE, Env, ServerThread
 from .rawclient import RawConn, expect_error, frame, logged_in, raw_frame
@@ -386,13 +386,13 @@ def test_small_data_frames_are_gathered_into_one_write_per_buffer(
     """Consecutive DATA frames fill one receive buffer before the worker writes it:
     an upload costs the server a hand-off per buffer, not per frame."""
     writes: list[int] = []
-    write_chunk = server_module._write_chunk
+    write = UploadHandle.write
 
-    def counted(upload: object, data: memoryview, hasher: object) -> None:
+    def counted(self: UploadHandle, data: bytes | memoryview) -> None:
         writes.append(len(data))
-        write_chunk(upload, data, hasher)  # type: ignore[arg-type]
+        write(self, data)
 
-    monkeypatch.setattr(server_module, "_write_chunk", counted)
+    monkeypatch.setattr(UploadHandle, "write", counted)
     srv = start_server()
     content = os.urandom(3 * MIB)
     step = 32 * 1024  # 96 frames, with an empty one in the middle
