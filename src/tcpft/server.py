@@ -355,11 +355,24 @@ class _Session:
         await self._drain()
 
     async def _drain(self) -> None:
-        """Wait for the client to take what was written (see :meth:`_while_taken`)."""
-        await self._while_taken(self.writer.drain())
+        """Wait for the client to take what was written; _Abort once it takes nothing
+        for ``stall_timeout`` (a client reading slowly is waited for).
+
+        A drain cut by the timeout is simply made again: it is only a wait, unlike a
+        sendfile (see :meth:`_while_taken`), and this way costs no task per frame.
+        """
+        while True:
+            mark = self._taken()
+            try:
+                async with asyncio.timeout(self.cfg.stall_timeout):
+                    await self.writer.drain()
+                return
+            except TimeoutError:
+                if self._taken() == mark:
+                    raise _Abort("client stopped reading") from None
 
     async def _while_taken(self, work: Awaitable[_T]) -> _T:
-        """Await ``work`` (a drain, a sendfile) for as long as the client takes bytes.
+        """Await ``work`` (a sendfile) for as long as the client takes bytes.
 
         _Abort once ``stall_timeout`` passes in which it took none: a client reading
         slowly is waited for, one that stopped is not.
