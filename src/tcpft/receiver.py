@@ -65,8 +65,9 @@ class Receiver:
 
         Raises:
             TimeoutError: ``stall`` seconds passed without a byte, and without a
-                change of ``busy()`` (say, what the peer has still to read): a peer
-                that keeps sending or reading, however slowly, is waited for.
+                change of ``busy()`` (a count that moves as the peer takes our bytes,
+                such as what its TCP acknowledged): a peer that keeps sending or
+                reading, however slowly, is waited for.
             OSError, ssl.SSLError: the connection failed.
         """
         got = self._take_extra(view)
