@@ -1177,8 +1177,13 @@ def _open_for_upload(path: Path) -> tuple[int, os.stat_result]:
 
 
 def _same_file(before: os.stat_result, now: os.stat_result) -> bool:
-    """Whether a file kept its size and modification time (it did not change)."""
-    return (now.st_size, now.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    """Whether a file kept its size, mtime and ctime (it did not change).
+
+    The ctime catches a write in place whose mtime was then set back.
+    """
+    return (now.st_size, now.st_mtime_ns, now.st_ctime_ns) == (
+        before.st_size, before.st_mtime_ns, before.st_ctime_ns,
+    )  # fmt: skip
 
 
 def _spoils_partial(code: int) -> bool:

@@ -107,7 +107,12 @@ class ReadHandle(_Closing):
         return (self.dev, self.ino, self.size, self.mtime_ns, self.ctime_ns)
 
     def changed(self) -> bool:
-        """Say whether the size or mtime differ from those seen at opening.
+        """Say whether the size, mtime or ctime differ from those seen at opening.
+
+        The ctime counts because the mtime can be set back (``touch -d``, ``cp -p``,
+        ``rsync -t``) after a write in place, and the ctime cannot: a file rewritten in
+        place and given its old mtime is still seen. A change of its metadata alone
+        (``chmod``) counts too.
 
         Raises:
             LocalFileError: the handle is closed or ``fstat`` fails.
@@ -116,7 +121,8 @@ class ReadHandle(_Closing):
             st = os.fstat(self.fd)
         except OSError as exc:
             raise LocalFileError(f"cannot examine the file being sent: {exc.strerror}") from None
-        return st.st_size != self.size or st.st_mtime_ns != self.mtime_ns
+        now = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        return now != (self.size, self.mtime_ns, self.ctime_ns)
 
     def close(self) -> None:
         """Close the descriptor (again is harmless)."""

@@ -332,6 +332,62 @@ def test_file_changing_during_download_is_detected(
         assert s.download("hello.txt", env.client).size == 13  # the session goes on
 
 
+def _rewrite_keeping_mtime(path: Path) -> None:
+    """Rewrite the first bytes in place, then set the mtime back (as ``cp -p`` can)."""
+    before = path.stat()
+    with path.open("r+b") as f:
+        f.write(b"\xff" * 4096)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_mtime_ns == before.st_mtime_ns and path.stat().st_size == before.st_size
+
+
+@pytest.mark.timeout(60)
+def test_download_of_a_file_rewritten_with_its_mtime_set_back_is_refused(
+    start_server: StartServer, login: Callable[..., Session], env: Env
+) -> None:
+    """Size and mtime are those of the start; only the ctime says the bytes changed.
+
+    The bytes rewritten were already sent, so the server's digest is that of what the
+    client got: without the ctime, a mix of two versions would be "verified".
+    """
+    big = env.root / "moving.bin"
+    big.write_bytes(os.urandom(12 * MIB))
+    srv = start_server(limit_rate=12 * MIB)
+    changed: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if done > 0 and not changed:
+            _rewrite_keeping_mtime(big)
+            changed.append(done)
+
+    target = env.client / "moving.bin"
+    with login(srv) as s:
+        with pytest.raises(FileChanged):
+            s.download("moving.bin", target, progress=progress)
+        assert changed and not target.exists()
+
+
+@pytest.mark.timeout(60)
+def test_upload_of_a_file_rewritten_with_its_mtime_set_back_is_cancelled(
+    start_server: StartServer, login: Callable[..., Session], env: Env
+) -> None:
+    src = env.client / "moving.bin"
+    src.write_bytes(os.urandom(12 * MIB))
+    srv = start_server()
+    changed: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        if done > 0 and not changed:
+            _rewrite_keeping_mtime(src)
+            changed.append(done)
+
+    with login(srv) as s:
+        with pytest.raises(FileChanged):
+            s.upload(src, "moving.bin", progress=progress)
+        assert changed and not (env.root / "moving.bin").exists()
+        assert s.download("hello.txt", env.client).size == 13  # the session goes on
+
+
 def _upload_by_hand(
     port: int, name: str, content: bytes, frames: list[bytes], cuts: list[int], pause: float
 ) -> None:

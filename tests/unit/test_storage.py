@@ -7,6 +7,7 @@ import hashlib
 import os
 import stat
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -354,6 +355,19 @@ def test_read_handle_changed_after_mtime_change(root: Path, served: ServedDirect
     (root / "f").write_bytes(b"abc")
     with served.open_read("f") as handle:
         os.utime(root / "f", ns=(MTIME, MTIME))
+        assert handle.changed()
+
+
+def test_read_handle_changed_after_rewrite_with_mtime_set_back(
+    root: Path, served: ServedDirectory
+) -> None:
+    (root / "f").write_bytes(b"abc")
+    before = (root / "f").stat()
+    with served.open_read("f") as handle:
+        time.sleep(0.01)  # so the ctime moves on a coarse clock
+        (root / "f").write_bytes(b"xyz")
+        os.utime(root / "f", ns=(before.st_atime_ns, before.st_mtime_ns))
+        assert (root / "f").stat().st_mtime_ns == before.st_mtime_ns
         assert handle.changed()
 
 
