@@ -15,7 +15,6 @@ transfer never leaves a file under the final name. Socket, TLS and OS errors bec
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import fnmatch
 import os
 import select
@@ -89,6 +88,7 @@ from .messages import (
 from .names import download_partial, local_target, printable, split_path
 from .native import preallocate, release_preallocation
 from .pacing import Pacer
+from .partials import open_partial
 from .protocol import CLOSED, NEED_DATA, STREAMING_VERSION, Connection, Role, State
 from .sink import InlineSink, Sink, ThreadSink
 from .tls import KnownHosts, TLSStream, TrustNew, open_client_tls, parse_fingerprint
@@ -537,17 +537,16 @@ class Session:
         """Open the partial file of ``target`` and send the GET for ``remote``."""
         if not force and os.path.lexists(target):
             raise AlreadyExists(f"{target} exists (use --force to overwrite)")
+        if force:
+            _check_replaceable(target)
         partial = download_partial(target)
         existed = os.path.lexists(partial)
-        with _local(partial):
-            fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:  # held until the partial is closed: one download per target at a time
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)  # another request's, or another process's: not ours to remove
-            raise AlreadyExists(
-                f"{target} is being downloaded already (by this session or another)"
-            ) from None
+        with _local(partial):  # locked until closed: one download per target at a time
+            got = open_partial(str(partial), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW)
+        if got is None:  # another request's, or another process's: not ours to remove
+            raise AlreadyExists(f"{target} is being downloaded already (here or elsewhere)")
+        fd, replaced = got
+        existed = existed and not replaced
         req = _Request(
             remote, target, partial, fd, existed, force, progress,
             hasher=new_hasher(self.algorithm),
@@ -1204,9 +1203,28 @@ def _umask() -> int:
     return 0o077
 
 
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace anything but a regular file or a symbolic link (the link itself).
+
+    A device, a FIFO or a directory under the target's name is never renamed over,
+    even with ``force``: ``-o /dev/null --force`` would replace the device node.
+
+    Raises:
+        LocalFileError: ``target`` exists and is something else.
+    """
+    with _local(target):
+        try:
+            mode = os.lstat(target).st_mode
+        except FileNotFoundError:
+            return
+    if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+        raise LocalFileError(f"{target} exists and is not a regular file; not replaced")
+
+
 def _publish(partial: Path, target: Path, *, force: bool) -> None:
     """Move a verified partial file to its final name (never over a file unless forced)."""
     if force:
+        _check_replaceable(target)
         os.replace(partial, target)
         return
     try:

@@ -35,6 +35,7 @@ from tcpft.errors import (
 from tcpft.messages import Entry, entry_wire_size
 from tcpft.names import is_partial_name, join_path, partial_name, printable, split_path
 from tcpft.native import DIRECT_IO_ALIGN, is_aligned, set_direct_io, start_writeback
+from tcpft.partials import open_partial
 
 __all__ = ["Entry", "ReadHandle", "ServedDirectory", "UploadHandle"]
 
@@ -558,19 +559,17 @@ class ServedDirectory(_Closing):
                 raise InvalidName(f"the partial file of {shown} is not a regular file")
             present = old.st_size if old is not None and resume and old.st_size <= size else 0
             self._check_space(parent, (size - present) + reserve_bytes, shown, size)
-            fd = os.open(pname, _PARTIAL_FLAGS, 0o600, dir_fd=parent)
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise InvalidName(f"the partial file of {shown} is not a regular file")
-            try:  # held until the handle closes: one upload per partial file
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            # Locked until the handle closes: one upload per partial file.
+            got = open_partial(pname, _PARTIAL_FLAGS, dir_fd=parent)
+            if got is None:
                 # Another upload writes into it: of this name (another server process
                 # on this directory), or of a long name whose partial is named after
                 # its SHA-256, which is the partial of that hex name too.
-                raise AlreadyExists(
-                    f"an upload into the partial file of {shown} is in progress"
-                ) from None
+                raise AlreadyExists(f"an upload into the partial file of {shown} is in progress")
+            fd = got[0]
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidName(f"the partial file of {shown} is not a regular file")
             _clear_nonblock(fd)
             offset = st.st_size if resume and st.st_size <= size else 0
             if offset != st.st_size:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from tcpft.errors import (
     ConnectError,
     ConnectionBroken,
     FingerprintMismatch,
+    LocalFileError,
     TLSVerifyError,
 )
 from tcpft.messages import (
@@ -27,6 +29,7 @@ from tcpft.messages import (
     Done,
     FileHeader,
 )
+from tcpft.names import partial_name
 from tcpft.protocol import State
 from tcpft.tls import KnownHosts
 
@@ -138,6 +141,64 @@ def test_cut_connection_leaves_no_file_under_the_final_name_then_resumes(
     assert result.transferred == 12 * 1024 * 1024
     assert b3(env.client / "cut.bin") == b3(env.root / "cut.bin")
     assert not partial.exists()
+
+
+class _Stop(Exception):
+    """Raised from a progress callback to abandon a transfer half-way."""
+
+
+def _stop_half_way(done: int, total: int) -> None:
+    if 0 < done < total:
+        raise _Stop
+
+
+def test_a_download_into_a_partial_linked_to_the_published_file_leaves_that_file_alone(
+    env: Env, start_server: Callable[..., ServerThread], login: Login
+) -> None:
+    """A publish cut between link and unlink leaves the partial as a second link to the
+    file just published; a forced download abandoned half-way must not truncate it."""
+    _write_random(env.root / "big.bin", 12 * 1024 * 1024)
+    published = env.client / "big.bin"
+    published.write_bytes(b"verified earlier")
+    os.link(published, env.client / "big.bin.tcpft-part")
+    srv = start_server(chunk_size=256 * 1024, limit_rate=24 * 1024 * 1024)
+    with login(srv) as s, pytest.raises(_Stop):
+        s.download("big.bin", env.client, force=True, progress=_stop_half_way)
+    assert published.read_bytes() == b"verified earlier"
+    with login(srv) as s:
+        s.download("big.bin", env.client, force=True, resume=True)
+    assert b3(published) == b3(env.root / "big.bin")
+
+
+def test_an_upload_into_a_partial_linked_to_the_published_file_leaves_that_file_alone(
+    env: Env, server: ServerThread, login: Login
+) -> None:
+    published = env.root / "pub.bin"
+    published.write_bytes(b"stored earlier")
+    os.link(published, env.root / partial_name("pub.bin"))
+    src = env.client / "pub.bin"
+    _write_random(src, 12 * 1024 * 1024)
+    with login(server) as s, pytest.raises(_Stop):
+        s.upload(src, force=True, progress=_stop_half_way)
+    assert published.read_bytes() == b"stored earlier"
+    assert published.stat().st_nlink == 1
+    with login(server) as s:
+        s.upload(src, force=True, resume=True)
+    assert b3(published) == b3(src)
+
+
+def test_a_forced_download_never_replaces_a_fifo(
+    env: Env, server: ServerThread, login: Login
+) -> None:
+    """--force replaces a file or a link; a FIFO or a device node is not renamed over."""
+    target = env.client / "hello.txt"
+    os.mkfifo(target)
+    with login(server) as s:
+        with pytest.raises(LocalFileError, match="not a regular file"):
+            s.download("hello.txt", target, force=True)
+        assert s.download("hello.txt", env.client / "other.txt").size == 13  # goes on
+    assert stat.S_ISFIFO(os.lstat(target).st_mode)
+    assert not target.with_name("hello.txt.tcpft-part").exists()
 
 
 @pytest.mark.parametrize("size", [0, 1, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1])
