@@ -280,7 +280,8 @@ class UploadHandle(_Closing):
         """Set the mtime, flush to disk and move the partial file to its final name.
 
         Without ``force`` an existing target is never replaced. The handle is closed
-        afterwards whatever happens; on failure the partial file stays in place.
+        afterwards whatever happens; on failure the partial file is removed (it would
+        only take space: a complete upload is not resumed).
 
         Raises:
             IntegrityError: the partial file does not hold exactly ``size`` bytes.
@@ -291,6 +292,7 @@ class UploadHandle(_Closing):
         if not self._open:
             raise LocalFileError(f"upload of {printable(self.name)} is already closed")
         shown = printable(self.name)
+        committed = False
         try:
             length = os.fstat(self.fd).st_size
             if length != self.size:
@@ -300,6 +302,7 @@ class UploadHandle(_Closing):
                 os.utime(self.fd, ns=(self.mtime_ns, self.mtime_ns))
                 os.fsync(self.fd)
                 self._rename()
+                committed = True
             except FileExistsError:
                 raise AlreadyExists(f"{shown} already exists") from None
             except (IsADirectoryError, NotADirectoryError):
@@ -309,6 +312,9 @@ class UploadHandle(_Closing):
             with contextlib.suppress(OSError):  # the file is in place; this is best effort
                 os.fsync(self._parent_fd)
         finally:
+            if not committed:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.partial, dir_fd=self._parent_fd)
             self._close()
 
     def _rename(self) -> None:

@@ -201,6 +201,27 @@ def test_a_forced_download_never_replaces_a_fifo(
     assert not target.with_name("hello.txt.tcpft-part").exists()
 
 
+def test_an_upload_whose_name_was_taken_meanwhile_leaves_no_partial(
+    env: Env, server: ServerThread, login: Login
+) -> None:
+    """Refused at its commit, a complete upload's partial would only take space."""
+    src = env.client / "late.bin"
+    _write_random(src, 12 * 1024 * 1024)
+    taken: list[bool] = []
+
+    def take_the_name(done: int, total: int) -> None:
+        if done and not taken:
+            (env.root / "late.bin").write_text("theirs")
+            taken.append(True)
+
+    with login(server) as s:
+        with pytest.raises(AlreadyExists):
+            s.upload(src, progress=take_the_name)
+        assert s.download("hello.txt", env.client).size == 13  # the session goes on
+    assert (env.root / "late.bin").read_text() == "theirs"
+    assert not (env.root / partial_name("late.bin")).exists()
+
+
 @pytest.mark.parametrize("size", [0, 1, 256 * 1024 - 1, 256 * 1024, 256 * 1024 + 1])
 def test_sizes_around_the_one_write_path(
     env: Env, server: ServerThread, login: Login, size: int
