@@ -408,6 +408,8 @@ class ServedDirectory(_Closing):
                     raise InvalidName(f"no such directory: {shown}") from None
                 if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                     raise InvalidName(f"not a directory: {shown}") from None
+                if exc.errno in _NO_SPACE:  # no block or no inode left for the mkdir
+                    raise NoSpace(f"no room left to make the directory {shown}") from None
                 raise InvalidName(f"cannot open directory {shown}: {exc.strerror}") from None
             finally:
                 os.close(fd)

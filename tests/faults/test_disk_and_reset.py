@@ -36,12 +36,12 @@ def _abort_all(srv: ServerThread) -> Callable[[], None]:
 
 
 @contextlib.contextmanager
-def tiny_tmpfs(path: Path, size: str) -> Iterator[Path]:
+def tiny_tmpfs(path: Path, size: str, options: str = "") -> Iterator[Path]:
     """A tmpfs of ``size`` mounted on ``path``; skips the test if it cannot be mounted."""
     path.mkdir(parents=True, exist_ok=True)
     try:
         result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            ["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs", str(path)],
             capture_output=True, text=True, timeout=10, check=False,
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -144,6 +144,23 @@ def test_small_upload_meets_a_full_disk(start_server: StartServer, env: Env) -> 
             expect_error(conn, ErrorCode.NO_SPACE)
         assert not (root / "small.bin").exists()
         assert not list(root.glob(".small.bin*")), "the failed partial should be removed"
+        _wait_no_sessions(srv)
+
+
+@pytest.mark.timeout(60)
+def test_upload_into_a_new_directory_with_no_inode_left(
+    start_server: StartServer, env: Env
+) -> None:
+    """The directory cannot be made for want of an inode: NO_SPACE, not a bad name."""
+    with tiny_tmpfs(env.root.parent / "served-inodes", "1m", ",nr_inodes=16") as root:
+        srv = start_server(root=root, upload_reserve=0)
+        with contextlib.suppress(OSError):
+            for i in range(100):  # use up the inodes
+                (root / f"f{i}").touch()
+        with logged_in(srv.port, ALICE) as conn:
+            conn.send(frame(Put("newdir/x.bin", 10, 0)))
+            expect_error(conn, ErrorCode.NO_SPACE)
+        assert not (root / "newdir").exists()
         _wait_no_sessions(srv)
 
 
