@@ -93,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         level = logging.DEBUG
     elif args.quiet:
         level = logging.WARNING if args.func is _cmd_serve else logging.ERROR
-    logging.basicConfig(format="%(asctime)s %(name)s %(levelname)s %(message)s", level=level)
+    logging.basicConfig(
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        level=level,
+        handlers=[_StderrHandler(sys.stderr)],
+    )
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
@@ -109,14 +113,40 @@ def main(argv: list[str] | None = None) -> int:
 # --- small helpers -----------------------------------------------------------------------
 
 
+def _stderr(text: str) -> None:
+    """Write ``text`` to stderr. A stderr that is gone (a closed pipe, a full disk) is no
+    error of ours: it is pointed at the null device, and what is written to it is lost,
+    so that a message can never stop a server from serving or from stopping."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except (OSError, ValueError):  # ValueError: the stream was closed
+        _silence_stderr()
+
+
+def _silence_stderr() -> None:
+    with contextlib.suppress(OSError, ValueError):
+        fd = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(fd, sys.stderr.fileno())
+        finally:
+            os.close(fd)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The log handler: a log line that cannot be written silences stderr, as in _stderr."""
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        _silence_stderr()
+
+
 def _err(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    _stderr(line + "\n")
 
 
 def _ask(prompt: str) -> str | None:
     """Show ``prompt`` on stderr and read one line of stdin (None at end of input)."""
-    sys.stderr.write(prompt)
-    sys.stderr.flush()
+    _stderr(prompt)
     line = sys.stdin.readline()
     return line.rstrip("\r\n") if line else None
 
@@ -442,23 +472,25 @@ async def _serve(server: Server) -> None:
     except OSError as exc:
         where = f"{server.config.host or '*'}:{server.config.port}"
         raise ConnectError(f"cannot listen on {where}: {exc.strerror or exc}") from None
-    for host, port in server.addresses:
-        shown = f"[{host}]" if ":" in host else host
-        _err(f"tcpft: serving {server.config.root} on {shown}:{port}")
     loop = asyncio.get_running_loop()
     stops: list[asyncio.Task[None]] = []
 
     def on_signal(sig: signal.Signals) -> None:
+        # The shutdown first: nothing said about it may keep it from starting.
         if stops:
-            _err(f"tcpft: {sig.name} again: closing every connection now")
             stops.append(loop.create_task(server.shutdown(0.0)))
+            _err(f"tcpft: {sig.name} again: closing every connection now")
             return
+        stops.append(loop.create_task(server.shutdown()))
         grace = server.config.shutdown_grace
         _err(f"tcpft: {sig.name}: shutting down (transfers may finish within {grace:g} s)")
-        stops.append(loop.create_task(server.shutdown()))
 
+    # Before "serving" is shown: whoever waits for that line may send a signal at once.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
+    for host, port in server.addresses:
+        shown = f"[{host}]" if ":" in host else host
+        _err(f"tcpft: serving {server.config.root} on {shown}:{port}")
     await server.serve_forever()
     if not stops:
         stops.append(loop.create_task(server.shutdown()))

@@ -507,3 +507,37 @@ def test_malformed_fingerprint_is_a_usage_error_before_connecting(env: Env) -> N
     r = tcpft(env, "ls", f"127.0.0.1:{free_port()}", "--fingerprint", "SHA256:nonsense")
     assert r.returncode == 2
     assert "fingerprint" in r.stderr and "cannot connect" not in r.stderr
+
+
+def test_serve_with_stderr_gone_still_serves_and_stops(env: Env, tmp_path: Path) -> None:
+    """A closed stderr (its reader gone) must neither stop the server from serving nor
+    keep SIGTERM from stopping it."""
+    port = free_port()
+    e = cli_env(env, password=None)
+    e["TCPFT_STATE_DIR"] = str(tmp_path / "gone-state")
+    args = ["serve", str(env.root), "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcpft", *args],
+        env=e,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        seen = b""
+        while b"tcpft: serving" not in seen:
+            chunk = proc.stderr.read1(4096)
+            assert chunk, seen.decode()
+            seen += chunk
+        password = re.search(rb"password:\s+(\S+)", seen)
+        assert password is not None
+        proc.stderr.close()  # every later write to stderr fails with EPIPE
+        r = tcpft(env, "ls", f"127.0.0.1:{port}", user="tcpft", password=password.group(1).decode())
+        assert r.returncode == 0, r.stderr  # served, and logged that to the broken stderr
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
