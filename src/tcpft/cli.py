@@ -41,6 +41,7 @@ import functools
 import getpass
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -180,6 +181,22 @@ def _target(text: str) -> tuple[str, int]:
     if not host:
         raise argparse.ArgumentTypeError(f"no host in {text!r}")
     return host, _port(port)
+
+
+_MAX_TIMEOUT = 86400.0  # one day: a longer wait is a typo, not a plan
+
+
+def _timeout(text: str) -> float:
+    """Seconds, a finite number above zero and at most a day."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= _MAX_TIMEOUT:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"not a timeout: {text!r} (seconds, above 0 and at most {_MAX_TIMEOUT:g})"
+        )
+    return value
 
 
 def _size(text: str) -> int:
@@ -572,7 +589,7 @@ def _parser() -> argparse.ArgumentParser:
     conn.add_argument("--fingerprint", metavar="SHA256:...", help="expect this certificate")
     conn.add_argument("--cafile", metavar="FILE", help="verify the server with these CAs")
     conn.add_argument("--plaintext", action="store_true", help="no TLS (unsafe)")
-    conn.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    conn.add_argument("--timeout", type=_timeout, default=30.0, metavar="SECONDS")
     conn.add_argument("--limit-rate", type=_size, metavar="RATE", help="bytes per second (10M)")
 
     parser = argparse.ArgumentParser(prog="tcpft", description="Authenticated TLS file transfer.")

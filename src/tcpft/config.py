@@ -169,20 +169,25 @@ def _coerce(path: Path, key: str, value: Any) -> Any:
             raise UsageError(f"config file {path}: {key} must be a number")
         return float(value)
     if key in ("limit_rate", "max_upload_size", "max_list_bytes") and isinstance(value, str):
-        return parse_size(value)
+        try:
+            return parse_size(value)
+        except UsageError as exc:
+            raise UsageError(f"config file {path}: {key}: {exc.message}") from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise UsageError(f"config file {path}: {key} must be an integer")
     return value
 
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+#: The largest size accepted anywhere: what a file offset (a signed 64-bit off_t) can hold.
+MAX_SIZE = 2**63 - 1
 
 
 def parse_size(text: str) -> int:
     """Parse ``10M``, ``512K``, ``1G`` or a plain byte count.
 
     Raises:
-        UsageError: not a size.
+        UsageError: not a size, under one byte or over :data:`MAX_SIZE`.
     """
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     unit = t[-1:] if t[-1:] in _UNITS and t[-1:] != "" else ""
@@ -193,7 +198,10 @@ def parse_size(text: str) -> int:
         raise UsageError(f"not a size: {text!r} (try 10M, 512K, 1G)") from None
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"size must be a positive number: {text!r}")
-    result = int(value * _UNITS[unit])
+    scaled = value * _UNITS[unit]  # inf when it overflows a float
+    if not scaled <= MAX_SIZE:
+        raise UsageError(f"size is too large: {text!r} (at most {MAX_SIZE} bytes)")
+    result = int(scaled)
     if result < 1:
         raise UsageError(f"size must be at least one byte: {text!r}")
     return result

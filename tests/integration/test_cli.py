@@ -541,3 +541,25 @@ def test_serve_with_stderr_gone_still_serves_and_stops(env: Env, tmp_path: Path)
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "-inf", "1e10", "0", "x", "86401"])
+def test_bad_timeout_is_a_usage_error(env: Env, value: str) -> None:
+    r = tcpft(env, "ls", f"127.0.0.1:{free_port()}", f"--timeout={value}")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "--timeout" in r.stderr
+    assert "cannot connect" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["ls", "127.0.0.1:1", "--limit-rate", "1e300T"],
+        ["serve", "--limit-rate", "1e300T", "--print-config"],
+        ["serve", "--max-upload-size", "9e18K", "--print-config"],
+    ],
+)
+def test_huge_size_is_a_usage_error(env: Env, args: list[str]) -> None:
+    r = tcpft(env, *args)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "too large" in r.stderr

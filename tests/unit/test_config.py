@@ -264,6 +264,31 @@ def test_parse_size_refuses_non_finite_and_sub_byte(text: str) -> None:
         parse_size(text)
 
 
+@pytest.mark.parametrize("text", ["1e300T", "1e300", "9.3e18", "8388608T", "1e19"])
+def test_parse_size_refuses_what_overflows(text: str) -> None:
+    with pytest.raises(UsageError, match="too large"):
+        parse_size(text)
+
+
+def test_parse_size_accepts_up_to_a_file_offset() -> None:
+    assert parse_size("8388607T") == 8388607 * 1024**4
+    assert parse_size(str(2**62)) == 2**62
+
+
+def test_huge_size_in_the_file_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'max_upload_size = "1e300T"\n', name="huge.toml")
+    with pytest.raises(UsageError, match="too large") as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "max_upload_size" in str(info.value)
+
+
+def test_bad_size_in_the_file_names_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, 'limit_rate = "1.5Q"\n', name="sized.toml")
+    with pytest.raises(UsageError, match="not a size") as info:
+        load_config(path)
+    assert f"config file {path}: limit_rate: " in str(info.value)
+
+
 def test_parse_size_results_are_positive_ints() -> None:
     for text in ("1", "1K", "1.25M", "3G"):
         value = parse_size(text)
