@@ -53,7 +53,14 @@ from rich.console import Console
 
 from . import __version__
 from .client import Progress, Session, connect, known_hosts_path
-from .config import DEFAULT_PORT, ServerConfig, default_state_dir, load_config, parse_size
+from .config import (
+    DEFAULT_PORT,
+    ServerConfig,
+    check_host,
+    default_state_dir,
+    load_config,
+    parse_size,
+)
 from .errors import (
     ConnectError,
     InvalidName,
@@ -180,7 +187,14 @@ def _target(text: str) -> tuple[str, int]:
         host = text  # a name, an IPv4 address, or a bare IPv6 address (no port)
     if not host:
         raise argparse.ArgumentTypeError(f"no host in {text!r}")
-    return host, _port(port)
+    return _host(host), _port(port)
+
+
+def _host(text: str) -> str:
+    try:
+        return check_host(text.strip("[]") if text.startswith("[") else text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
 
 
 _MAX_TIMEOUT = 86400.0  # one day: a longer wait is a typo, not a plan
@@ -564,7 +578,7 @@ def _serve_options(p: argparse.ArgumentParser, *, port_option: bool) -> None:
         p.add_argument(
             "--port", type=functools.partial(_port, allow_zero=True), help=f"default {DEFAULT_PORT}"
         )
-    p.add_argument("--host", help="address to listen on (default: every interface)")
+    p.add_argument("--host", type=_host, help="address to listen on (default: every interface)")
     p.add_argument("--users", metavar="FILE", help="users file (default: STATE_DIR/users)")
     p.add_argument("--state-dir", metavar="DIR", help="certificate and default users file")
     p.add_argument("--config", metavar="FILE.toml", help="settings file; flags override it")
@@ -608,7 +622,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("client", parents=[common, conn], help="interactive download")
-    p.add_argument("host")
+    p.add_argument("host", type=_host)
     p.add_argument("port", type=_port)
     p.add_argument("-o", "--output", metavar="DIR", help="download into DIR (default: .)")
     p.set_defaults(func=_cmd_client)

@@ -8,6 +8,7 @@ Unknown keys and values of the wrong type are refused with a clear message.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import tomllib
@@ -32,6 +33,38 @@ def default_client_dir() -> Path:
     """Where the client keeps its known-hosts file."""
     env = os.environ.get("TCPFT_CONFIG_DIR")
     return Path(env) if env else Path(platformdirs.user_config_dir("tcpft"))
+
+
+def check_host(host: str) -> str:
+    """Return ``host`` if it can be looked up: an IP address or a host name (IDNA).
+
+    Raises:
+        UsageError: empty, holds white space or control characters, or a name that
+            cannot be encoded (an empty or over-long label, an undecodable byte).
+    """
+    bad = not host or any(not ch.isprintable() or ch.isspace() for ch in host)
+    if not bad:
+        try:
+            ipaddress.ip_address(host)  # "fe80::1%eth0" too
+        except ValueError:
+            try:
+                bad = len(host.encode("idna")) > 253
+            except UnicodeError:
+                bad = True
+    if bad:
+        shown = host if len(host) <= 80 else host[:77] + "..."
+        raise UsageError(f"not a valid host name or address: {shown!r}")
+    return host
+    bad = not host or any(not ch.isprintable() or ch.isspace() for ch in host)
+    if not bad:
+        try:
+            bad = len(host.encode("idna")) > 253
+        except UnicodeError:
+            bad = True
+    if bad:
+        shown = host if len(host) <= 80 else host[:77] + "..."
+        raise UsageError(f"not a valid host name or address: {shown!r}")
+    return host
 
 
 @dataclass
@@ -86,6 +119,8 @@ class ServerConfig:
         """
         if not 0 <= self.port <= 65535:
             raise UsageError(f"port {self.port} is outside 0..65535")
+        if self.host is not None:
+            check_host(self.host)
         positive = (
             "login_timeout",
             "idle_timeout",
@@ -163,7 +198,10 @@ def _coerce(path: Path, key: str, value: Any) -> Any:
     if key == "host":
         if not isinstance(value, str):
             raise UsageError(f"config file {path}: host must be a string")
-        return value or None
+        try:
+            return check_host(value) if value else None
+        except UsageError as exc:
+            raise UsageError(f"config file {path}: host: {exc.message}") from None
     if key in _FLOAT_KEYS:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise UsageError(f"config file {path}: {key} must be a number")

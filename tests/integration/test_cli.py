@@ -563,3 +563,20 @@ def test_huge_size_is_a_usage_error(env: Env, args: list[str]) -> None:
     r = tcpft(env, *args)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and "too large" in r.stderr
+
+
+@pytest.mark.parametrize("host", ["a" * 300, "a..b", "\udcff", "a b", ".x"])
+@pytest.mark.parametrize("command", ["serve", "ls", "get", "put", "client"])
+def test_bad_host_name_is_a_usage_error(env: Env, command: str, host: str) -> None:
+    target = f"{host}:{free_port()}"
+    args = {
+        "serve": ["serve", str(env.root), "--host", host, "--port", "0"],
+        "ls": ["ls", target],
+        "get": ["get", target, "x"],
+        "put": ["put", target, str(env.root / "hello.txt")],
+        "client": ["client", host, "7878"],
+    }[command]
+    r = tcpft(env, *args, stdin="")
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and "not a valid host name" in r.stderr
+    assert not (env.client.parent / "cli-state").exists()  # refused before any work

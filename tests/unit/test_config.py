@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpft.config import DEFAULT_PORT, ServerConfig, load_config, parse_size
+from tcpft.config import DEFAULT_PORT, ServerConfig, check_host, load_config, parse_size
 from tcpft.errors import UsageError
 
 MIB = 1024 * 1024
@@ -156,6 +156,19 @@ def test_out_of_range_value_names_the_file(tmp_path: Path) -> None:
 def test_nan_timeout_is_refused(tmp_path: Path) -> None:
     with pytest.raises(UsageError):
         load_config(write(tmp_path, "login_timeout = nan\n"))
+
+
+@pytest.mark.parametrize("host", ["a\\u0000b", "a..b", "a b", "\\u00ff\\u00ff." * 100])
+def test_bad_host_in_the_file_is_refused(tmp_path: Path, host: str) -> None:
+    path = write(tmp_path, f'host = "{host}"\n', name="hosted.toml")
+    with pytest.raises(UsageError, match="not a valid host name") as info:
+        load_config(path)
+    assert f"config file {path}: host: " in str(info.value)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "fe80::1%lo", "localhost", "b\u00fccher.de"])
+def test_good_hosts_pass(host: str) -> None:
+    assert check_host(host) == host
 
 
 # --- validate ------------------------------------------------------------------------
