@@ -172,6 +172,10 @@ def load_config(path: Path, base: ServerConfig | None = None) -> ServerConfig:
         raise UsageError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"config file {path} is not UTF-8 text: {exc.reason}") from None
+    except RecursionError:
+        raise UsageError(f"config file {path} is not valid TOML: nested too deeply") from None
     config = dataclasses.replace(base) if base else ServerConfig()
     known = {f.name: f for f in dataclasses.fields(ServerConfig)}
     for key, value in data.items():
@@ -189,7 +193,12 @@ def _coerce(path: Path, key: str, value: Any) -> Any:
     if key in _PATH_KEYS:
         if not isinstance(value, str):
             raise UsageError(f"config file {path}: {key} must be a string path")
-        p = Path(value).expanduser()
+        if "\0" in value:
+            raise UsageError(f"config file {path}: {key}: a path cannot hold a NUL character")
+        try:
+            p = Path(value).expanduser()
+        except RuntimeError:  # ~name of no such user
+            raise UsageError(f"config file {path}: {key}: cannot expand {value!r}") from None
         return p if p.is_absolute() else (path.parent / p)
     if key in ("plaintext",):
         if not isinstance(value, bool):

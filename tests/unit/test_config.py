@@ -134,6 +134,36 @@ def test_bad_toml(tmp_path: Path, text: str) -> None:
     assert "TOML" in str(info.value)
 
 
+def test_file_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.toml"
+    path.write_bytes(b'host = "caf\xe9"\n')
+    with pytest.raises(UsageError, match="not UTF-8") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_file_nested_too_deeply_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, "port = " + "[" * 100_000 + "\n", name="deep.toml")
+    with pytest.raises(UsageError, match="not valid TOML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["root", "audit_json", "users_file", "state_dir", "cert_file"])
+def test_nul_in_a_path_is_refused(tmp_path: Path, key: str) -> None:
+    path = write(tmp_path, f'{key} = "a\\u0000b"\n', name="nul.toml")
+    with pytest.raises(UsageError, match="NUL") as info:
+        load_config(path)
+    assert f"config file {path}: {key}: " in str(info.value)
+
+
+def test_home_of_no_such_user_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, 'root = "~tcpft-no-such-user-x/files"\n', name="tilde.toml")
+    with pytest.raises(UsageError, match="cannot expand") as info:
+        load_config(path)
+    assert f"config file {path}: root: " in str(info.value)
+
+
 def test_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
     with pytest.raises(UsageError) as info:
