@@ -307,6 +307,21 @@ class Session:
         with _network("sending"):
             self.sock.sendall(data)
 
+    def _send_paced(self, *parts: bytes | bytearray | memoryview) -> None:
+        """Send file data: at once, or under ``limit_rate`` a piece at a time (Pacer.piece)."""
+        with _network("sending"):
+            if self._pacer is None:
+                for part in parts:
+                    self.sock.sendall(part)
+                return
+            step = self._pacer.piece
+            for part in parts:
+                view = memoryview(part)
+                for i in range(0, len(view), step):
+                    piece = view[i : i + step]
+                    time.sleep(self._pacer.delay(len(piece)))
+                    self.sock.sendall(piece)
+
     def _next(self, *, raise_errors: bool = True, exact: bool = False) -> Message:
         while True:
             event = self.conn.next_event()
@@ -327,12 +342,15 @@ class Session:
         keeps the core from being woken up for each of them. With ``exact``, read no
         more than ``at_least``, so that the next frame starts on an empty buffer.
         """
-        view, got = self._view, 0
+        view, got, pacer = self._view, 0, self._pacer
         end = at_least if exact else len(view)
+        step = end if pacer is None else pacer.piece  # a rate limit reads a piece at a time
         with _network("receiving"):
             while True:
-                n = self.sock.recv_into(view[got:end])
+                n = self.sock.recv_into(view[got : min(end, got + step)])
                 got += n
+                if pacer is not None:
+                    time.sleep(pacer.delay(n))
                 if n == 0 or got >= at_least:
                     break
         self.conn.receive_data(view[:got] if got else b"")
@@ -691,14 +709,21 @@ class Session:
         return self.conn.receive_data_header(header)
 
     def _recv_exactly(self, buf: bytearray, length: int) -> int:
-        """Fill ``buf[:length]`` from the socket; return the bytes read (fewer at EOF)."""
-        view, got = memoryview(buf), 0
+        """Fill ``buf[:length]`` from the socket; return the bytes read (fewer at EOF).
+
+        Under ``limit_rate`` (downloads), a piece at a time with a wait before each
+        (Pacer.piece): the server's sending slows down as the socket's buffers fill.
+        """
+        view, got, pacer = memoryview(buf), 0, self._pacer
+        step = length if pacer is None else pacer.piece
         with _network("receiving"):
             while got < length:
-                n = self.sock.recv_into(view[got:length])
+                n = self.sock.recv_into(view[got : min(length, got + step)])
                 if n == 0:
                     break
                 got += n
+                if pacer is not None:
+                    time.sleep(pacer.delay(n))
         return got
 
     def _request_error(self, err: Error) -> TcpftError:
@@ -954,15 +979,12 @@ class Session:
         whole = len(chunk) == put.size and _same_file(st, now)
         if whole:
             parts.append(self.conn.send(Done(digest)))
-        with _network("sending"):
-            self.sock.sendall(b"".join(parts))
+        self._send_paced(b"".join(parts))
         if not whole:
             self._cancel(queue)
             raise FileChanged(f"{path} changed while it was being sent")
         if progress:
             progress(len(chunk), put.size)
-        if self._pacer is not None:
-            time.sleep(self._pacer.delay(len(chunk)))
         return digest
 
     def _check_unchanged(
@@ -1087,16 +1109,11 @@ class Session:
             if not chunk:
                 break
             hasher.update(chunk)
-            header = self.conn.send_data_header(len(chunk))
-            with _network("sending"):
-                self.sock.sendall(header)
-                self.sock.sendall(chunk)
+            self._send_paced(self.conn.send_data_header(len(chunk)), chunk)
             pos += len(chunk)
             if progress:
                 progress(pos, size)
             self._check_refusal(queue)
-            if self._pacer is not None:
-                time.sleep(self._pacer.delay(len(chunk)))
         return pos
 
     def _cancel(self, queue: deque[_Sent] | None = None) -> None:

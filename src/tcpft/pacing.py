@@ -32,6 +32,16 @@ class Pacer:
         self._tokens = float(self.burst)
         self._last = clock()
 
+    @property
+    def piece(self) -> int:
+        """The most bytes to move between two waits: a quarter second's worth, at least 4 KiB.
+
+        Waiting before each piece, not after each frame, keeps a slow stream moving: at
+        10 KiB/s a 512 KiB frame followed by its wait would leave the peer without a
+        byte for 50 s, past its timeouts.
+        """
+        return max(self.rate // 4, 4096)
+
     def delay(self, n: int) -> float:
         """Take ``n`` bytes from the bucket; return the seconds to wait before sending them."""
         now = self._clock()

@@ -860,10 +860,17 @@ class _Session:
         view, step = memoryview(block), self.cfg.chunk_size
         for i in range(0, len(block), step):
             frame = view[i : i + step]
-            self.writer.writelines((self.conn.send_data_header(len(frame)), frame))
-            await self._drain()
-            if self.pacer is not None:
-                await asyncio.sleep(self.pacer.delay(len(frame)))
+            header = self.conn.send_data_header(len(frame))
+            if self.pacer is None:
+                self.writer.writelines((header, frame))
+                await self._drain()
+                continue
+            self.writer.write(header)
+            for j in range(0, len(frame), self.pacer.piece):  # see Pacer.piece
+                piece = frame[j : j + self.pacer.piece]
+                await asyncio.sleep(self.pacer.delay(len(piece)))
+                self.writer.write(piece)
+                await self._drain()
 
     async def _sendfile(self, fd: int, start: int, size: int, rec: _Transfer) -> None:
         """Plaintext with a known digest: let the kernel copy the file (os.sendfile)."""

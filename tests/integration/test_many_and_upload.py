@@ -269,6 +269,45 @@ def test_rate_limits_on_the_server_and_on_the_client(
     assert (env.root / "back.bin").read_bytes() == (env.root / "slow.bin").read_bytes()
 
 
+@pytest.mark.timeout(60)
+def test_a_client_rate_limit_slows_its_downloads(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    (env.root / "slow.bin").write_bytes(os.urandom(8 * MiB))
+    with login(server, limit_rate=4 * MiB) as s:
+        got = s.download("slow.bin", env.client)
+    assert got.seconds >= 1.5  # 8 MiB at 4 MiB/s with a 1 MiB burst: 1.75 s at least
+    assert (env.client / "slow.bin").read_bytes() == (env.root / "slow.bin").read_bytes()
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_server_rate_never_leaves_the_client_waiting_for_a_frame(
+    env: Env, start_server: Callable[..., ServerThread], login: Login_
+) -> None:
+    """At 64 KiB/s, a 64 KiB frame followed by its wait left the client a second
+    without a byte; paced in quarter-second pieces, a 0.6 s read timeout holds."""
+    content = os.urandom(MiB + 192 * 1024)  # the 1 MiB burst, then 3 s at 64 KiB/s
+    (env.root / "slow.bin").write_bytes(content)
+    srv = start_server(limit_rate=64 * 1024, chunk_size=64 * 1024)
+    with login(srv, timeout=0.6) as s:
+        s.download("slow.bin", env.client)
+    assert (env.client / "slow.bin").read_bytes() == content
+
+
+@pytest.mark.timeout(60)
+def test_a_slow_client_rate_never_leaves_the_server_waiting_past_its_stall_timeout(
+    env: Env, start_server: Callable[..., ServerThread], login: Login_
+) -> None:
+    """An upload at 256 KiB/s sent 1 MiB chunks, each followed by a 4 s wait, past the
+    server's stall timeout; in quarter-second pieces it goes through."""
+    src = env.client / "slow.bin"
+    src.write_bytes(os.urandom(2 * MiB + 512 * 1024))  # the 1 MiB burst, then 6 s
+    srv = start_server(stall_timeout=1.5)
+    with login(srv, limit_rate=256 * 1024) as s:
+        s.upload(src)
+    assert (env.root / "slow.bin").read_bytes() == src.read_bytes()
+
+
 @pytest.mark.timeout(20)
 def test_uploading_a_fifo_is_refused_without_hanging(
     env: Env, server: ServerThread, login: Login_

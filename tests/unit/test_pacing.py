@@ -93,3 +93,8 @@ def test_default_burst() -> None:
 def test_rate_must_be_positive(rate: int) -> None:
     with pytest.raises(ValueError):
         Pacer(rate, clock=FakeClock())
+
+
+@pytest.mark.parametrize(("rate", "piece"), [(1, 4096), (16 * 1024, 4096), (1024 * 1024, 262144)])
+def test_piece_is_a_quarter_second_at_least_4_kib(rate: int, piece: int) -> None:
+    assert Pacer(rate).piece == piece
