@@ -18,6 +18,7 @@ import threading
 import time
 from pathlib import Path
 
+from .errors import UsageError
 from .names import printable
 
 logger = logging.getLogger("tcpft.audit")
@@ -36,7 +37,16 @@ class Audit:
     """Writes audit events to the log and, optionally, to a JSON-lines file."""
 
     def __init__(self, json_path: Path | None = None) -> None:
-        self._json = json_path.open("a", encoding="utf-8") if json_path else None
+        """Open ``json_path`` for appending, if given.
+
+        Raises:
+            UsageError: it cannot be opened (a directory, a missing parent, no permission).
+        """
+        try:
+            self._json = json_path.open("a", encoding="utf-8") if json_path else None
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise UsageError(f"cannot open the audit file {json_path}: {why}") from None
         self._lock = threading.Lock()
 
     def event(self, kind: str, **fields: object) -> None:

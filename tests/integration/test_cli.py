@@ -580,3 +580,13 @@ def test_bad_host_name_is_a_usage_error(env: Env, command: str, host: str) -> No
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "not a valid host name" in r.stderr
     assert not (env.client.parent / "cli-state").exists()  # refused before any work
+
+
+def test_serve_with_an_audit_file_that_cannot_be_opened_exits_2(env: Env, tmp_path: Path) -> None:
+    config = tmp_path / "audited.toml"
+    config.write_text(f'audit_json = "{tmp_path}"\nhost = "127.0.0.1"\nport = 0\n')
+    state = ["--state-dir", str(tmp_path / "audit-state")]
+    r = tcpft(env, "serve", str(env.root), "--config", str(config), *state)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert f"tcpft: error: cannot open the audit file {tmp_path}: Is a directory" in r.stderr
