@@ -224,10 +224,11 @@ class HashCache:
         except (OSError, ValueError) as exc:
             log.warning("cannot read %s: %s", path, exc)
             return 0
-        loaded = 0
+        loaded = damaged = 0
         for line in lines:
             entry = _parse_saved(line)
             if entry is None:
+                damaged += 1
                 continue
             (algorithm, ident), digest, blocks = entry
             if digest is not None:
@@ -235,6 +236,8 @@ class HashCache:
             if blocks is not None:
                 self.put_blocks(ident, algorithm, blocks)
             loaded += 1
+        if damaged:
+            log.warning("%s: skipped %d damaged line(s)", path, damaged)
         return loaded
 
 
@@ -255,7 +258,8 @@ def _parse_saved(line: str) -> tuple[_Key, bytes | None, list[bytes] | None] | N
             return None
         digest = bytes.fromhex(hexed) if hexed is not None else None
         raw = bytes.fromhex(blocks) if blocks is not None else None
-    except (ValueError, TypeError, KeyError):  # json.JSONDecodeError is a ValueError
+    # json.JSONDecodeError is a ValueError; RecursionError: nested too deeply ("[[[[...").
+    except (ValueError, TypeError, KeyError, RecursionError):
         return None
     if digest is not None and len(digest) != 32:
         return None

@@ -4,6 +4,7 @@ the hash cache."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import Iterator
@@ -379,3 +380,15 @@ def test_a_damaged_saved_cache_costs_only_its_entries(tmp_path: Path) -> None:
     assert HashCache().load(tmp_path / "missing") == 0
     (tmp_path / "a-directory").mkdir()
     assert HashCache().load(tmp_path / "a-directory") == 0
+
+
+def test_a_deeply_nested_line_is_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = '{"id":[1,1,10,100,7],"algorithm":"blake3","digest":"' + DA.hex() + '","blocks":null}'
+    (tmp_path / "digests").write_text("[" * 100_000 + "\n" + "{" * 100_000 + "\n" + good + "\n")
+    cache = HashCache()
+    with caplog.at_level(logging.WARNING, logger="tcpft.integrity"):
+        assert cache.load(tmp_path / "digests") == 1
+    assert cache.digest(A, BLAKE3) == DA
+    assert any("skipped 2 damaged line(s)" in r.getMessage() for r in caplog.records)
