@@ -393,8 +393,8 @@ class KnownHosts:
             raise LocalFileError(f"cannot read {self.path}: {exc}") from exc
         lines = []
         for n, line in enumerate(raw.splitlines(keepends=True), 1):
-            try:
-                lines.append(line.decode("utf-8"))
+            try:  # a BOM some editors put first would hide the first entry
+                lines.append(line.decode("utf-8-sig" if n == 1 else "utf-8"))
             except UnicodeDecodeError as exc:
                 raise UsageError(f"{self.path}, line {n}: not valid UTF-8") from exc
         return lines
@@ -410,7 +410,8 @@ class KnownHosts:
             try:
                 host, sep, port = fields[0].rpartition(":")
                 bare_v6 = ":" in host and not host.startswith("[")
-                if len(fields) != 2 or not sep or not port.isdigit() or bare_v6:
+                ascii_port = port.isascii() and port.isdigit()  # not "²" or "٣"
+                if len(fields) != 2 or not sep or not ascii_port or bare_v6:
                     raise UsageError("expected HOST:PORT SHA256:...")
                 key = host_key(host, int(port))
                 fp = parse_fingerprint(fields[1])

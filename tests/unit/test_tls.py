@@ -305,6 +305,8 @@ def test_known_hosts_mismatch(tmp_path: Path) -> None:
         "example.org:7878 SHA256:nope",
         f"example.org:7878 {FP1} extra",
         f"::1:7878 {FP1}",
+        f"example.org:\u00b2 {FP1}",  # a digit, but not an ASCII one
+        f"example.org:\u0663 {FP1}",
     ],
 )
 def test_known_hosts_malformed(tmp_path: Path, bad: str) -> None:
@@ -320,3 +322,13 @@ def test_known_hosts_not_utf8(tmp_path: Path) -> None:
     path.write_bytes(b"# ok\n# \xff\n")
     with pytest.raises(UsageError, match="line 2"):
         KnownHosts(path).lookup("a", 1)
+
+
+def test_known_hosts_bom_does_not_hide_the_first_entry(tmp_path: Path) -> None:
+    path = tmp_path / "known_hosts"
+    path.write_bytes(f"\ufeffexample.org:7878 {FP1}\nother:1 {FP2}\n".encode())
+    kh = KnownHosts(path)
+    assert kh.lookup("example.org", 7878) == FP1
+    assert kh.check("example.org", 7878, FP1)
+    kh.add("third", 2, FP2)
+    assert kh.lookup("example.org", 7878) == FP1 and kh.lookup("third", 2) == FP2
