@@ -43,6 +43,7 @@ from .errors import (
     TcpftError,
     TimeoutExpired,
     UnsupportedVersion,
+    UsageError,
     error_from_wire,
     is_fatal,
 )
@@ -244,16 +245,20 @@ def connect(
         ConnectError: the server cannot be reached (ConnectionBroken, TimeoutExpired).
         TLSVerifyError: the server's identity is not trusted (FingerprintMismatch).
         AuthFailed: the credentials were refused.
-        UsageError: a bad argument (fingerprint, cafile).
+        UsageError: a bad argument (fingerprint, cafile, timeout, host name).
     """
     if fingerprint is not None:
         fingerprint = parse_fingerprint(fingerprint)  # a typo is a usage error, found offline
+    if not (0 < timeout <= _MAX_TIMEOUT):  # also refuses NaN
+        raise UsageError(f"the timeout must be above 0 and at most {_MAX_TIMEOUT:.0f} s")
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except TimeoutError:
         raise TimeoutExpired(f"timed out connecting to {host}:{port}") from None
     except OSError as exc:
         raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+    except (UnicodeError, ValueError) as exc:  # a name IDNA cannot encode, a NUL in it
+        raise UsageError(f"not a valid host name: {printable(host)} ({exc})") from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream: socket.socket | TLSStream = sock
@@ -269,6 +274,10 @@ def connect(
         sock.close()
         raise
     return session
+
+
+#: The longest timeout ``connect`` takes: a day (larger ones overflow the system's clock).
+_MAX_TIMEOUT = 86400.0
 
 
 class Session:

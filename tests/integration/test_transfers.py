@@ -22,6 +22,7 @@ from tcpft.errors import (
     FingerprintMismatch,
     LocalFileError,
     TLSVerifyError,
+    UsageError,
 )
 from tcpft.messages import (
     Ack,
@@ -419,3 +420,17 @@ def test_the_client_accepts_empty_data_frames(env: Env) -> None:
     assert result.size == len(content)
     assert (env.client / "f.bin").read_bytes() == content
     assert isinstance(fake.received[0], Ack) and fake.received[0].ok
+
+
+@pytest.mark.parametrize("host", ["a" * 300, "a..b"])
+def test_a_host_name_that_cannot_be_encoded_is_a_usage_error(host: str, env: Env) -> None:
+    with pytest.raises(UsageError, match="not a valid host name"):
+        connect(host, 1, user="u", password="p", known_hosts=env.known_hosts)
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, float("nan"), float("inf"), 1e10])
+def test_a_timeout_out_of_range_is_a_usage_error(timeout: float, env: Env) -> None:
+    with pytest.raises(UsageError, match="timeout"):
+        connect(
+            "127.0.0.1", 1, user="u", password="p", known_hosts=env.known_hosts, timeout=timeout
+        )
