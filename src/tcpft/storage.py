@@ -493,7 +493,10 @@ class ServedDirectory(_Closing):
             before = _lstat_at(name, parent)
             if before is None:
                 raise InvalidName(f"no such file: {shown}")
-            if not stat.S_ISREG(before.st_mode):  # so devices are never even opened
+            # Devices and FIFOs are not opened. One swapped in between this lstat and the
+            # open is opened (O_NONBLOCK: never waits), then refused by the fstat below;
+            # making a device node takes root on the server's machine.
+            if not stat.S_ISREG(before.st_mode):
                 raise InvalidName(f"not a regular file: {shown}")
             fd = os.open(name, _READ_FLAGS, dir_fd=parent)
         except OSError as exc:
