@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import signal
+import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -116,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return 1
+    except OSError as exc:  # the last resort: a local file error no command caught
+        what = f"{exc.filename}: " if exc.filename is not None else ""
+        _err(error_line(LocalFileError(f"{what}{exc.strerror or exc}")))
+        return LocalFileError.exit_code
 
 
 # --- small helpers -----------------------------------------------------------------------
@@ -157,6 +162,17 @@ def _ask(prompt: str) -> str | None:
     _stderr(prompt)
     line = sys.stdin.readline()
     return line.rstrip("\r\n") if line else None
+
+
+def _lookup(path: Path, error: type[TcpftError] = UsageError) -> os.stat_result | None:
+    """``stat`` of ``path``, None if it does not exist; ``error`` if it cannot be looked
+    at (a name too long, no permission, a loop of links)."""
+    try:
+        return path.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as exc:
+        raise error(f"cannot use {path}: {exc.strerror or exc}") from None
 
 
 def _yes(prompt: str, default: bool) -> bool:
@@ -371,15 +387,17 @@ def _track_entry(rep: Reporter, entry: Entry) -> Progress | None:
 
 def _cmd_put(args: argparse.Namespace) -> int:
     local = Path(args.local)
-    if local.is_dir() and not args.recursive:
+    st = _lookup(local, LocalFileError)
+    is_dir = st is not None and stat.S_ISDIR(st.st_mode)
+    if is_dir and not args.recursive:
         raise UsageError(f"{local} is a directory; use -r to upload a tree")
-    if not local.is_dir() and not local.is_file():
+    if st is None or not (is_dir or stat.S_ISREG(st.st_mode)):
         raise LocalFileError(f"{local}: no such file")
     remote = args.remote or local.resolve().name
     with _session(args) as s, _reporter(args, "sent") as rep:
         opts = {"force": args.force, "resume": args.resume}
         try:
-            if local.is_dir():
+            if is_dir:
                 tree = functools.partial(
                     s.upload_tree, local, remote, progress_for=rep.track, **opts
                 )
@@ -469,10 +487,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         for key, value in config.as_dict().items():
             print(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
         return 0
-    if not config.root.is_dir():
+    root = _lookup(config.root)
+    if root is None or not stat.S_ISDIR(root.st_mode):
         raise UsageError(f"cannot serve {config.root}: not a directory")
     path = config.users_path()
-    if path.exists():
+    if _lookup(path) is not None:
         users = UserStore.load(path)
     else:
         users, password = create_default(path)
@@ -552,7 +571,7 @@ def _cmd_user(args: argparse.Namespace) -> int:
         for u in UserStore.load(path).users():
             print(f"{u.name}  {'rw' if u.can_write else 'r'}")
         return 0
-    store = UserStore.load(path) if path.exists() else UserStore()
+    store = UserStore.load(path) if _lookup(path) is not None else UserStore()
     if args.action == "add":
         user = store.add(
             args.name, _new_password(args.name), write=args.write, replace=args.replace

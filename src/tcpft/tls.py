@@ -113,8 +113,12 @@ def ensure_server_certificate(state_dir: Path) -> tuple[Path, Path]:
         LocalFileError: the directory or the files cannot be created or written.
     """
     cert_path, key_path = state_dir / CERT_NAME, state_dir / KEY_NAME
-    if cert_path.is_file() and key_path.is_file():
-        return cert_path, key_path
+    try:
+        if cert_path.is_file() and key_path.is_file():
+            return cert_path, key_path
+    except OSError as exc:  # a name too long, no permission
+        why = exc.strerror or exc
+        raise LocalFileError(f"cannot use the state directory {state_dir}: {why}") from None
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec

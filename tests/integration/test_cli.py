@@ -590,3 +590,31 @@ def test_serve_with_an_audit_file_that_cannot_be_opened_exits_2(env: Env, tmp_pa
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert f"tcpft: error: cannot open the audit file {tmp_path}: Is a directory" in r.stderr
+
+
+LONG = "n" * 300  # over NAME_MAX (255 bytes) of every common file system
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["serve", LONG, "--port", "0"], 2),
+        (["serve", ".", "--users", LONG, "--port", "0"], 2),
+        (["serve", ".", "--state-dir", LONG, "--port", "0"], 2),
+        (["serve", ".", "--users", "users", "--state-dir", LONG, "--port", "0"], 11),
+        (["user", "add", "bob", "--users", LONG], 2),
+        (["user", "del", "bob", "--users", LONG], 2),
+        (["user", "add", "bob", "--state-dir", LONG], 2),
+        (["put", "127.0.0.1:1", LONG], 11),
+    ],
+)
+def test_path_name_too_long_is_a_clear_error(
+    env: Env, tmp_path: Path, args: list[str], code: int
+) -> None:
+    from tcpft.auth import UserStore
+
+    UserStore().save(tmp_path / "users")  # an existing users file for --users users
+    r = tcpft(env, *args, cwd=tmp_path, stdin="pw-for-bob\n")
+    assert r.returncode == code, r.stderr
+    assert "Traceback" not in r.stderr
+    assert r.stderr.startswith("tcpft: error: ") and "File name too long" in r.stderr
