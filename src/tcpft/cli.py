@@ -160,8 +160,27 @@ def _err(line: str) -> None:
 def _ask(prompt: str) -> str | None:
     """Show ``prompt`` on stderr and read one line of stdin (None at end of input)."""
     _stderr(prompt)
-    line = sys.stdin.readline()
+    return _read_line()
+
+
+def _read_line() -> str | None:
+    """One line of stdin without its end, None at end of input; UsageError if not text."""
+    try:
+        line = sys.stdin.readline()
+    except UnicodeDecodeError:
+        raise UsageError(f"standard input is not {sys.stdin.encoding} text") from None
     return line.rstrip("\r\n") if line else None
+
+
+def _getpass(prompt: str) -> str:
+    """A hidden prompt; UsageError at end of input (Ctrl-D) or for bytes that are not text."""
+    try:
+        return getpass.getpass(prompt)
+    except EOFError:
+        _err("")  # end the prompt's line
+        raise UsageError("no password given (end of input)") from None
+    except UnicodeDecodeError:
+        raise UsageError("the password is not valid text in this terminal's encoding") from None
 
 
 def _lookup(path: Path, error: type[TcpftError] = UsageError) -> os.stat_result | None:
@@ -250,7 +269,7 @@ def _password(args: argparse.Namespace, *, ask: bool = False) -> str:
     if env is not None and not ask:
         return env
     if ask or sys.stdin.isatty():
-        return getpass.getpass("password: ")
+        return _getpass("password: ")
     raise UsageError("no password: set TCPFT_PASSWORD or use --password-file")
 
 
@@ -554,10 +573,12 @@ async def _serve(server: Server) -> None:
 
 def _new_password(name: str) -> str:
     if not sys.stdin.isatty():
-        line = sys.stdin.readline()
-        return line.rstrip("\r\n")
-    first = getpass.getpass(f"password for {name}: ")
-    if getpass.getpass("again: ") != first:
+        line = _read_line()
+        if line is None:
+            raise UsageError(f"no password for {name} on standard input")
+        return line
+    first = _getpass(f"password for {name}: ")
+    if _getpass("again: ") != first:
         raise UsageError("the two passwords do not match")
     return first
 

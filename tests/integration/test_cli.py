@@ -618,3 +618,41 @@ def test_path_name_too_long_is_a_clear_error(
     assert r.returncode == code, r.stderr
     assert "Traceback" not in r.stderr
     assert r.stderr.startswith("tcpft: error: ") and "File name too long" in r.stderr
+
+
+def run_detached(env: Env, args: list[str], stdin: bytes, **extra: str) -> tuple[int, str]:
+    """Run tcpft with ``stdin`` bytes and no controlling terminal (getpass cannot use one)."""
+    e = cli_env(env, password=None)
+    e.update(extra)
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpft", *args],
+        env=e,
+        cwd=env.client,
+        input=stdin,
+        capture_output=True,
+        timeout=45,
+        start_new_session=True,
+    )
+    return r.returncode, r.stderr.decode("utf-8", "replace")
+
+
+def test_end_of_input_where_the_client_wants_a_password(server: ServerThread, env: Env) -> None:
+    code, err = run_detached(env, ["client", "127.0.0.1", str(server.port)], b"alice\n")
+    assert code == 2, err
+    assert "tcpft: error: no password given (end of input)" in err and "Traceback" not in err
+
+
+def test_end_of_input_where_user_add_wants_a_password(env: Env, tmp_path: Path) -> None:
+    code, err = run_detached(env, ["user", "add", "carol", "--users", str(tmp_path / "u")], b"")
+    assert code == 2, err
+    assert "tcpft: error: no password for carol on standard input" in err
+    assert not (tmp_path / "u").exists()
+
+
+@pytest.mark.parametrize(
+    "args", [["client", "127.0.0.1", "1"], ["user", "add", "carol", "--users", "u"]]
+)
+def test_stdin_that_is_not_text_is_a_usage_error(env: Env, args: list[str]) -> None:
+    code, err = run_detached(env, args, b"\xff\xfe\n", PYTHONIOENCODING="utf-8:strict")
+    assert code == 2, err
+    assert "tcpft: error: standard input is not utf-8 text" in err and "Traceback" not in err

@@ -132,3 +132,38 @@ def test_partial_file_is_resumed(client: pexpect.spawn, env: Env) -> None:
     assert client.exitstatus == 0
     assert (env.client / "big.bin").read_bytes() == data
     assert not (env.client / "big.bin.tcpft-part").exists()
+
+
+def test_end_of_input_at_the_password_prompt(client: pexpect.spawn) -> None:
+    client.expect("user: ")
+    client.sendline(ALICE[0])
+    client.expect(TRUST_PROMPT)
+    client.sendline("y")
+    client.expect("password: ")
+    client.sendeof()  # Ctrl-D
+    client.expect_exact("tcpft: error: no password given (end of input)")
+    client.expect(pexpect.EOF)
+    client.close()
+    assert client.exitstatus == 2
+    assert "Traceback" not in (client.before or "")
+
+
+def test_end_of_input_at_user_add(env: Env) -> None:
+    users = env.client.parent / "users"
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "tcpft", "user", "add", "carol", "--users", str(users)],
+        cwd=str(env.client),
+        timeout=20,
+        encoding="utf-8",
+    )
+    try:
+        child.expect("password for carol: ")
+        child.sendeof()
+        child.expect_exact("tcpft: error: no password given (end of input)")
+        child.expect(pexpect.EOF)
+        assert "Traceback" not in (child.before or "")
+    finally:
+        child.close()
+    assert child.exitstatus == 2
+    assert not users.exists()
