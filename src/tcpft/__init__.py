@@ -25,7 +25,7 @@ from .errors import TcpftError
 
 if TYPE_CHECKING:
     from .aio import AsyncSession, aconnect
-    from .client import Session, TransferResult, connect
+    from .client import Session, Skipped, TransferResult, connect
     from .config import DEFAULT_PORT, ServerConfig
     from .messages import Entry
     from .server import Server
@@ -35,6 +35,7 @@ _LAZY = {
     "AsyncSession": "aio",
     "aconnect": "aio",
     "Session": "client",
+    "Skipped": "client",
     "TransferResult": "client",
     "connect": "client",
     "DEFAULT_PORT": "config",
@@ -59,6 +60,7 @@ __all__ = [
     "Server",
     "ServerConfig",
     "Session",
+    "Skipped",
     "TcpftError",
     "TransferResult",
     "__version__",

@@ -130,6 +130,20 @@ Results = list[TransferResult]
 Outcome = tuple[str, TransferResult | TcpftError]
 Outcomes = list[Outcome]
 
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    """A file of a tree that a resume left alone: it is already at its destination, with
+    the same size and modification time (as rsync's quick check); nothing was sent."""
+
+    remote: str
+    local: Path | str  # the local file (download), or the local source (upload)
+    size: int
+
+
+#: What :meth:`Session.download_tree_each` and :meth:`Session.upload_tree_each` yield.
+TreeOutcome = tuple[str, TransferResult | Skipped | TcpftError]
+
 #: Most entries, and characters of names, that the client takes in one listing; a
 #: longer one ends the session. Ten times the server's default ``max_list_entries``:
 #: a server that sends more is broken or hostile, and the client's memory stays
@@ -766,13 +780,42 @@ class Session:
     ) -> Results:
         """Download a directory and everything below it into ``dest_dir/<its name>``.
 
-        Relative paths and modification times are kept; every name the server sends is
-        checked so that nothing lands outside ``dest_dir``. Requests are pipelined as
-        in :meth:`download_many`.
+        As :meth:`download_tree_each`, stopping at the first file that fails; the
+        files a resume skipped are not in the results.
 
         Raises:
             RemoteProtocolError: the server sent an unsafe name.
             and whatever :meth:`download` raises, for the first file that fails.
+        """
+        each = self.download_tree_each(
+            remote_dir, dest_dir, force=force, resume=resume, progress_for=progress_for,
+            ahead=ahead,
+        )  # fmt: skip
+        return _results(each)
+
+    def download_tree_each(
+        self,
+        remote_dir: str,
+        dest_dir: Path | str,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        progress_for: Callable[[Entry], Progress | None] | None = None,
+        ahead: int = GETS_AHEAD,
+    ) -> Generator[TreeOutcome, None, None]:
+        """Download a directory and everything below it, yielding each file's outcome.
+
+        The tree lands in ``dest_dir/<its name>``, relative paths and modification
+        times kept; every name the server sends is checked so that nothing lands
+        outside ``dest_dir``. Requests are pipelined as in :meth:`download_many`,
+        and a file that fails alone (gone from the server, an existing destination)
+        does not stop the others. With ``resume`` (and not ``force``), a file already
+        there with the server's size and modification time is :class:`Skipped`: a
+        download cut short is finished by running it again.
+
+        Raises:
+            RemoteProtocolError: the server sent an unsafe name.
+            ConnectError, ProtocolError, LocalFileError: the session cannot go on.
         """
         base = Path(dest_dir)
         prefix = remote_dir.rpartition("/")[0]
@@ -789,19 +832,16 @@ class Session:
                 with _local(target):
                     target.mkdir(parents=True, exist_ok=True)
                 dirs.append((target, entry.mtime_ns))
-                continue
-            files.append((entry.path, target, progress_for(entry) if progress_for else None))
-        results: Results = []
+            elif resume and not force and _up_to_date(target, entry.size, entry.mtime_ns):
+                yield entry.path, Skipped(entry.path, target, entry.size)
+            else:
+                files.append((entry.path, target, progress_for(entry) if progress_for else None))
         with contextlib.closing(self._pipelined(iter(files), force, resume, ahead)) as outcomes:
-            for _, result in outcomes:
-                if isinstance(result, TcpftError):
-                    raise result
-                results.append(result)
+            yield from outcomes
         for path, mtime_ns in reversed(dirs):
             if mtime_ns is not None:
                 with contextlib.suppress(OSError):
                     os.utime(path, ns=(mtime_ns, mtime_ns))
-        return results
 
     def upload_tree(
         self,
@@ -814,37 +854,68 @@ class Session:
     ) -> Results:
         """Upload a local directory and the regular files below it.
 
-        The tree lands under ``remote_dir`` (default: the directory's own name); the
-        server creates missing directories. Symbolic links and special files are
-        skipped.
+        As :meth:`upload_tree_each`, stopping at the first file that fails; the
+        files a resume skipped are not in the results.
 
         Raises:
             InvalidName: a local name cannot be sent (control characters, too long).
             and whatever :meth:`upload` raises, for the first file that fails.
         """
+        each = self.upload_tree_each(
+            local_dir, remote_dir, force=force, resume=resume, progress_for=progress_for
+        )
+        return _results(each)
+
+    def upload_tree_each(
+        self,
+        local_dir: Path | str,
+        remote_dir: str | None = None,
+        *,
+        force: bool = False,
+        resume: bool = False,
+        progress_for: Callable[[str], Progress | None] | None = None,
+    ) -> Generator[TreeOutcome, None, None]:
+        """Upload a local directory and the regular files below it, yielding each file's
+        outcome.
+
+        The tree lands under ``remote_dir`` (default: the directory's own name); the
+        server creates missing directories. Symbolic links and special files are
+        skipped. Uploads are streamed as in :meth:`upload_many`, and a file that
+        fails alone does not stop the others. With ``resume`` (and not ``force``),
+        the remote tree is listed first, and a file already there with the local
+        size and modification time is :class:`Skipped`.
+
+        Raises:
+            LocalFileError: ``local_dir`` is not a directory.
+            ConnectError, ProtocolError: the session cannot go on.
+        """
         base = Path(local_dir)
         if not base.is_dir():
             raise LocalFileError(f"{base} is not a directory")
         top = remote_dir if remote_dir is not None else base.resolve().name
-
-        def jobs() -> Iterator[tuple[Path, str]]:
-            for dirpath, dirnames, filenames in os.walk(base):
-                dirnames.sort()
-                rel = Path(dirpath).relative_to(base).as_posix()
-                for name in sorted(filenames):
-                    local = Path(dirpath, name)
-                    if local.is_symlink() or not local.is_file():
+        there: dict[str, Entry] = {}
+        if resume and not force:
+            with contextlib.suppress(InvalidName):  # not there yet (or a file): no skip
+                there = {e.path: e for e in self.list(top, recursive=True)}
+        jobs: list[tuple[Path, str]] = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            rel = Path(dirpath).relative_to(base).as_posix()
+            for name in sorted(filenames):
+                local = Path(dirpath, name)
+                if local.is_symlink() or not local.is_file():
+                    continue
+                remote = "/".join(p for p in (top, "" if rel == "." else rel, name) if p)
+                known = there.get(remote)
+                if known is not None and not known.is_dir:
+                    st = local.stat()
+                    if (st.st_size, st.st_mtime_ns) == (known.size, known.mtime_ns):
+                        yield remote, Skipped(remote, local, st.st_size)
                         continue
-                    yield local, "/".join(p for p in (top, "" if rel == "." else rel, name) if p)
-
-        results: Results = []
-        many = self.upload_many(jobs(), force=force, resume=resume, progress_for=progress_for)
+                jobs.append((local, remote))
+        many = self.upload_many(jobs, force=force, resume=resume, progress_for=progress_for)
         with contextlib.closing(many) as outcomes:
-            for _, result in outcomes:
-                if isinstance(result, TcpftError):
-                    raise result
-                results.append(result)
-        return results
+            yield from outcomes
 
     def upload_many(
         self,
@@ -1185,6 +1256,27 @@ class Session:
         self.close()
 
 
+def _results(outcomes: Generator[TreeOutcome, None, None]) -> Results:
+    """The transfers of a tree, stopping at the first that failed (raised)."""
+    results: Results = []
+    with contextlib.closing(outcomes):
+        for _, outcome in outcomes:
+            if isinstance(outcome, TcpftError):
+                raise outcome
+            if isinstance(outcome, TransferResult):
+                results.append(outcome)
+    return results
+
+
+def _up_to_date(target: Path, size: int, mtime_ns: int) -> bool:
+    """Whether ``target`` is a regular file of ``size`` bytes modified at ``mtime_ns``."""
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and (st.st_size, st.st_mtime_ns) == (size, mtime_ns)
+
+
 def _open_for_upload(path: Path) -> tuple[int, os.stat_result]:
     """Open a local regular file for reading; LocalFileError if it cannot be."""
     with _local(path):  # O_NONBLOCK: a FIFO must not hang the open
@@ -1263,6 +1355,7 @@ def _publish(partial: Path, target: Path, *, force: bool) -> None:
 __all__ = [
     "Progress",
     "Session",
+    "Skipped",
     "TransferResult",
     "connect",
     "known_hosts_path",

@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 from tcpft.aio import aconnect
-from tcpft.client import Session, connect
+from tcpft.client import Session, Skipped, TransferResult, connect
 from tcpft.errors import (
     AlreadyExists,
     ConnectError,
+    InvalidName,
     LocalFileError,
     PermissionDenied,
     RemoteProtocolError,
@@ -67,6 +68,67 @@ def test_tree_of_1000_files_arrives_complete(env: Env, server: ServerThread, log
     for rel in want[::97]:
         assert (env.client / rel).read_bytes() == (env.root / rel).read_bytes()
     assert (env.client / "tree" / "d3").stat().st_mtime_ns == 1_500_000_000_000_000_000
+
+
+def _small_tree(root: Path, n: int = 6) -> list[str]:
+    for i in range(n):
+        (root / "t" / f"d{i % 2}").mkdir(parents=True, exist_ok=True)
+        (root / "t" / f"d{i % 2}" / f"f{i}.bin").write_bytes(os.urandom(1000 + i))
+    return sorted(f"t/d{i % 2}/f{i}.bin" for i in range(n))
+
+
+def test_a_tree_download_goes_on_past_a_file_that_fails_alone(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = _small_tree(env.root)
+    (env.client / "t" / "d0").mkdir(parents=True)
+    (env.client / "t" / "d0" / "f2.bin").write_text("mine")  # exists: refused alone
+    gone = names[-1]
+    with login(server) as s:
+        outcomes = {}
+        for remote, outcome in s.download_tree_each("t", env.client, ahead=0):
+            outcomes[remote] = outcome
+            if len(outcomes) == 1:
+                (env.root / gone).unlink()  # listed, then gone before its GET
+        assert isinstance(outcomes.pop("t/d0/f2.bin"), AlreadyExists)
+        assert isinstance(outcomes.pop(gone), InvalidName)
+        assert all(isinstance(o, TransferResult) for o in outcomes.values()), outcomes
+        assert len(outcomes) == len(names) - 2
+        assert s.download("hello.txt", env.client).size == 13  # the session goes on
+    assert (env.client / "t" / "d0" / "f2.bin").read_text() == "mine"
+
+
+def test_a_tree_download_cut_short_is_finished_by_a_resume(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = _small_tree(env.root)
+    with login(server) as s:
+        s.download_tree("t", env.client)
+    (env.client / names[1]).unlink()  # not reached by the first run
+    with login(server) as s:
+        outcomes = dict(s.download_tree_each("t", env.client, resume=True))
+    assert isinstance(outcomes.pop(names[1]), TransferResult)
+    assert sorted(outcomes) == sorted(n for n in names if n != names[1])
+    assert all(isinstance(o, Skipped) for o in outcomes.values()), outcomes
+    for name in names:
+        assert (env.client / name).read_bytes() == (env.root / name).read_bytes()
+
+
+def test_a_tree_upload_cut_short_is_finished_by_a_resume(
+    env: Env, server: ServerThread, login: Login_
+) -> None:
+    names = _small_tree(env.client)
+    with login(server) as s:
+        fresh = dict(s.upload_tree_each(env.client / "t", resume=True))  # nothing there yet
+        assert all(isinstance(o, TransferResult) for o in fresh.values()), fresh
+        (env.root / names[2]).unlink()
+        again = dict(s.upload_tree_each(env.client / "t", resume=True))
+        plain = dict(s.upload_tree_each(env.client / "t"))  # without resume: each exists
+    assert isinstance(again.pop(names[2]), TransferResult)
+    assert all(isinstance(o, Skipped) for o in again.values()), again
+    assert all(isinstance(o, AlreadyExists) for o in plain.values()), plain
+    for name in names:
+        assert (env.root / name).read_bytes() == (env.client / name).read_bytes()
 
 
 def test_glob_matches_names(env: Env, server: ServerThread, login: Login_) -> None:
