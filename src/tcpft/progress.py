@@ -42,7 +42,7 @@ from rich.progress import Progress as RichProgress
 from rich.table import Table
 from rich.text import Text
 
-from .client import Progress, TransferResult
+from .client import Progress, Skipped, TransferResult
 from .errors import RemoteFileError, TcpftError
 from .messages import Entry
 from .names import printable
@@ -94,6 +94,15 @@ def summary_line(verb: str, name: str, result: TransferResult) -> str:
     return (
         f"{verb} {printable(name)}: {human_size(result.size)} in {result.seconds:.2f} s "
         f"({rate}/s{resumed}), {result.algorithm} verified"
+    )
+
+
+def skipped_line(name: str, skip: Skipped) -> str:
+    """The line printed for a file a resume left alone, e.g.
+    ``skipped a.iso: 1.2 MiB already there (same size and modification time)``."""
+    return (
+        f"skipped {printable(name)}: {human_size(skip.size)} already there "
+        "(same size and modification time)"
     )
 
 
@@ -172,12 +181,14 @@ class Reporter:
             self._failure(path, exc)
             return None
 
-    def settle(self, path: str, outcome: TransferResult | TcpftError) -> None:
-        """Report one outcome of a batch (:meth:`Session.download_many`) like
+    def settle(self, path: str, outcome: TransferResult | Skipped | TcpftError) -> None:
+        """Report one outcome of a batch (:meth:`Session.download_many`, a tree) like
         :meth:`attempt` and :meth:`finished` do: a failure other than a refusal
         raises :class:`Stop`."""
         if isinstance(outcome, TcpftError):
             self._failure(path, outcome)
+        elif isinstance(outcome, Skipped):
+            self.skipped(path, outcome)
         else:
             self.finished(path, outcome)
 
@@ -199,6 +210,11 @@ class Reporter:
     def failed(self, path: str, exc: TcpftError) -> None:
         """Report a transfer of ``path`` that failed with ``exc``."""
         self._say(error_line(exc))
+
+    def skipped(self, path: str, skip: Skipped) -> None:
+        """Report a file of a tree that a resume found already there."""
+        if not self.quiet:
+            self._say(skipped_line(path, skip))
 
     def _say(self, line: str) -> None:
         print(line, file=self.err, flush=True)
@@ -273,6 +289,12 @@ class BarReporter(Reporter):
         self._drop(path)
         if not self.quiet:
             self._lines.append(Text(summary_line(self.verb, path, result)))
+        self._draw(time.monotonic())
+
+    def skipped(self, path: str, skip: Skipped) -> None:
+        """Print the line of a file a resume left alone above the bars."""
+        if not self.quiet:
+            self._lines.append(Text(skipped_line(path, skip)))
         self._draw(time.monotonic())
 
     def failed(self, path: str, exc: TcpftError) -> None:
@@ -352,6 +374,10 @@ class JsonReporter(Reporter):
             digest=result.checksum,
             seconds=round(result.seconds, 6),
         )
+
+    def skipped(self, path: str, skip: Skipped) -> None:
+        """Emit the ``skipped`` event of ``path``."""
+        self.emit(event="skipped", path=path, local=str(skip.local), size=skip.size)
 
     def failed(self, path: str, exc: TcpftError) -> None:
         """Emit the ``error`` event of ``path`` (and the error line on stderr)."""

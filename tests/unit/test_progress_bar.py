@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from pathlib import Path
 
 import pytest
 from rich.console import Console
 
-from tcpft.client import TransferResult
+from tcpft.client import Skipped, TransferResult
 from tcpft.errors import InvalidName
-from tcpft.progress import UPDATES_PER_SECOND, BarReporter, summary_line
+from tcpft.progress import (
+    UPDATES_PER_SECOND,
+    BarReporter,
+    JsonReporter,
+    Reporter,
+    skipped_line,
+    summary_line,
+)
 
 SIZE = 64 * 1024
 
@@ -91,3 +99,22 @@ def test_waiting_summaries_are_printed_when_the_display_ends_by_an_exception() -
         rep.finished("a.bin", _result("a.bin"))
         raise KeyboardInterrupt
     assert "received a.bin" in out.getvalue()
+
+
+def test_a_skipped_file_gets_its_line_in_every_reporter() -> None:
+    skip = Skipped("t/a.bin", Path("t/a.bin"), 3 * 1024 * 1024)
+    rep, out = _reporter()
+    with rep:
+        rep.settle("t/a.bin", skip)
+    assert "skipped t/a.bin: 3.0 MiB already there" in out.getvalue()
+    assert rep.failures == []
+    err = io.StringIO()
+    with Reporter("received", err=err) as plain:
+        plain.settle("t/a.bin", skip)
+    assert err.getvalue() == skipped_line("t/a.bin", skip) + "\n"
+    events = io.StringIO()
+    with JsonReporter("received", out=events) as js:
+        js.settle("t/a.bin", skip)
+    assert json.loads(events.getvalue().splitlines()[-1]) == {
+        "event": "skipped", "path": "t/a.bin", "local": "t/a.bin", "size": 3 * 1024 * 1024,
+    }  # fmt: skip
