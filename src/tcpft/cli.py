@@ -48,7 +48,7 @@ import stat
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 
@@ -108,14 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[_StderrHandler(sys.stderr)],
     )
     try:
-        return int(args.func(args))
+        code = int(args.func(args))
+        _out("")  # the last of stdout is written now, not after main where errors are lost
+        return code
     except KeyboardInterrupt:
         _err("tcpft: interrupted")
         return 130
     except TcpftError as exc:
         _err(error_line(exc))
         return exc.exit_code
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader of stdout left (| head): stop quietly
+        _silence(sys.stdout)
         return 1
     except OSError as exc:  # the last resort: a local file error no command caught
         what = f"{exc.filename}: " if exc.filename is not None else ""
@@ -134,23 +137,44 @@ def _stderr(text: str) -> None:
         sys.stderr.write(text)
         sys.stderr.flush()
     except (OSError, ValueError):  # ValueError: the stream was closed
-        _silence_stderr()
+        _silence(sys.stderr)
 
 
-def _silence_stderr() -> None:
+def _silence(stream: TextIO) -> None:
+    """Point ``stream`` at the null device, so that what it still holds and what is
+    written to it later is dropped without an error (at exit too)."""
     with contextlib.suppress(OSError, ValueError):
         fd = os.open(os.devnull, os.O_WRONLY)
         try:
-            os.dup2(fd, sys.stderr.fileno())
+            os.dup2(fd, stream.fileno())
         finally:
             os.close(fd)
+
+
+def _out(line: str) -> None:
+    """Print ``line`` on stdout; an empty one flushes it instead.
+
+    Raises:
+        BrokenPipeError: the reader is gone (main stops quietly).
+        LocalFileError: stdout cannot be written (a full disk).
+    """
+    try:
+        if line:
+            print(line)
+        else:
+            sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        _silence(sys.stdout)
+        raise LocalFileError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """The log handler: a log line that cannot be written silences stderr, as in _stderr."""
 
     def handleError(self, record: logging.LogRecord) -> None:
-        _silence_stderr()
+        _silence(sys.stderr)
 
 
 def _err(line: str) -> None:
@@ -347,7 +371,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
             else s.listing
         )
     for e in entries:
-        print(json.dumps(entry_record(e)) if args.json else listing_line(e))
+        _out(json.dumps(entry_record(e)) if args.json else listing_line(e))
     return 0
 
 
@@ -504,7 +528,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = _server_config(args)
     if args.print_config:
         for key, value in config.as_dict().items():
-            print(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
+            _out(f"# {key} = (unset)" if value is None else f"{key} = {_toml_value(value)}")
         return 0
     root = _lookup(config.root)
     if root is None or not stat.S_ISDIR(root.st_mode):
@@ -590,7 +614,7 @@ def _cmd_user(args: argparse.Namespace) -> int:
     path = Path(args.users) if args.users else state / "users"
     if args.action == "list":
         for u in UserStore.load(path).users():
-            print(f"{u.name}  {'rw' if u.can_write else 'r'}")
+            _out(f"{u.name}  {'rw' if u.can_write else 'r'}")
         return 0
     store = UserStore.load(path) if _lookup(path) is not None else UserStore()
     if args.action == "add":

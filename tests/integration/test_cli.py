@@ -656,3 +656,62 @@ def test_stdin_that_is_not_text_is_a_usage_error(env: Env, args: list[str]) -> N
     code, err = run_detached(env, args, b"\xff\xfe\n", PYTHONIOENCODING="utf-8:strict")
     assert code == 2, err
     assert "tcpft: error: standard input is not utf-8 text" in err and "Traceback" not in err
+
+
+def run_to(env: Env, args: list[str], stdout: int | object) -> subprocess.CompletedProcess[str]:
+    """Run tcpft with stdout going to ``stdout`` (a file descriptor or a file)."""
+    return subprocess.run(
+        [sys.executable, "-m", "tcpft", *args],
+        env=cli_env(env),
+        cwd=env.client,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=45,
+    )
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["ls", "user list", "print-config"])
+def test_stdout_on_a_full_disk_is_a_clear_error(
+    server: ServerThread, env: Env, tmp_path: Path, command: str
+) -> None:
+    from tcpft.auth import UserStore
+
+    users = UserStore()
+    users.add("carol", "carol-pw-3")
+    users.save(tmp_path / "users")
+    args = {
+        "ls": ["ls", addr(server)],
+        "user list": ["user", "list", "--users", str(tmp_path / "users")],
+        "print-config": ["serve", "--print-config"],
+    }[command]
+    with open("/dev/full", "w") as full:
+        r = run_to(env, args, full)
+    assert r.returncode == 11, r.stderr
+    assert r.stderr.strip().endswith(
+        "tcpft: error: cannot write to standard output: No space left on device"
+    )
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+
+
+def test_stdout_closed_by_its_reader_ends_quietly(server: ServerThread, env: Env) -> None:
+    for i in range(2000):
+        (env.root / "sub" / f"file-{i:04}.txt").write_text("x")
+    fp = ["--fingerprint", str(server.fingerprint)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tcpft", "ls", addr(server), "-R", *fp],
+        env=cli_env(env),
+        cwd=env.client,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # like | head -1
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(30) == 1
+    assert err == ""
