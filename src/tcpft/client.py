@@ -672,6 +672,13 @@ class Session:
                 req.remote, target, reply.size, pos - reply.offset, reply.offset,
                 done.digest.hex(), self.algorithm, time.monotonic() - started,
             )  # fmt: skip
+        except ConnectError as exc:
+            if not keep:
+                raise
+            raise type(exc)(
+                f"{exc.message}; what arrived of {printable(req.remote)} is kept in "
+                f"{partial}: download again with --resume to continue"
+            ) from None
         finally:
             req.fd = -1
             if keep:
@@ -1153,7 +1160,13 @@ class Session:
                 self._cancel()  # then once more from the start: no offset may come
                 return self._upload_fd(fd, path, remote, st, force, False, progress, started)
             hasher = scan.whole
-        pos = self._send_file(fd, path, ready.offset, st.st_size, hasher, progress)
+        try:
+            pos = self._send_file(fd, path, ready.offset, st.st_size, hasher, progress)
+        except ConnectError as exc:
+            raise type(exc)(
+                f"{exc.message}; the server keeps what arrived of {printable(remote)}: "
+                "upload again with --resume to continue"
+            ) from None
         self._check_unchanged(fd, path, st, pos, None)
         digest = hasher.digest()
         self._send(Done(digest))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import stat
 import threading
 from collections.abc import Callable
@@ -130,7 +131,7 @@ def test_cut_connection_leaves_no_file_under_the_final_name_then_resumes(
         if done >= 9 * 1024 * 1024:
             s.sock.close()  # the network drops
 
-    with pytest.raises(ConnectError):
+    with pytest.raises(ConnectError, match=r"kept in .*cut\.bin\.tcpft-part.* --resume"):
         s.download("cut.bin", env.client, progress=cut)
     s.close()
     assert not (env.client / "cut.bin").exists()
@@ -142,6 +143,22 @@ def test_cut_connection_leaves_no_file_under_the_final_name_then_resumes(
     assert result.transferred == 12 * 1024 * 1024
     assert b3(env.client / "cut.bin") == b3(env.root / "cut.bin")
     assert not partial.exists()
+
+
+def test_a_cut_upload_says_how_to_continue(env: Env, server: ServerThread, login: Login) -> None:
+    src = env.client / "up.bin"
+    _write_random(src, 20 * 1024 * 1024)
+    s = login(server)
+
+    raw = getattr(s.sock, "sock", s.sock)  # under TLS, the TCP socket
+
+    def cut(done: int, total: int) -> None:
+        if done >= 9 * 1024 * 1024:
+            raw.shutdown(socket.SHUT_RDWR)  # the network drops
+
+    with pytest.raises(ConnectError, match=r"server keeps what arrived of up\.bin.* --resume"):
+        s.upload(src, progress=cut)
+    s.close()
 
 
 class _Stop(Exception):
