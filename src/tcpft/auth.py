@@ -18,20 +18,25 @@ UTF-8 text, one user per line::
   ignored.
 
 A malformed line or a duplicate name is a :class:`~tcpft.errors.UsageError` naming the
-file and the line number. The file is written atomically with mode 0600.
+file and the line number. The file is written atomically with mode 0600. Whoever
+changes it (``tcpft user add``/``del``) holds :func:`lock_users_file` from reading it to
+writing it: ``NAME.lock`` beside it, locked with ``flock``. The lock is on a file of its
+own because the users file is replaced on every save: a lock on it would be a lock on
+the replaced inode, and a later writer would lock the new one alongside.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import fcntl
 import functools
 import os
 import secrets
 import string
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +58,7 @@ __all__ = [
     "UserStore",
     "create_default",
     "hash_password",
+    "lock_users_file",
     "prepare",
     "validate_password",
     "validate_username",
@@ -302,6 +308,28 @@ def _fsync_dir(directory: Path) -> None:
             os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def lock_users_file(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the exclusive lock of the users file ``path`` (waiting for it if need be).
+
+    Raises LocalFileError if the lock file cannot be created or locked.
+    """
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise LocalFileError(f"cannot create the lock file {lock}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            raise LocalFileError(f"cannot lock {lock}: {exc.strerror}") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def create_default(path: str | os.PathLike[str]) -> tuple[UserStore, str]:

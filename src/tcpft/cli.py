@@ -608,7 +608,7 @@ def _new_password(name: str) -> str:
 
 
 def _cmd_user(args: argparse.Namespace) -> int:
-    from .auth import UserStore
+    from .auth import UserStore, lock_users_file, validate_username
 
     state = Path(args.state_dir) if args.state_dir else default_state_dir()
     path = Path(args.users) if args.users else state / "users"
@@ -616,20 +616,29 @@ def _cmd_user(args: argparse.Namespace) -> int:
         for u in UserStore.load(path).users():
             _out(f"{u.name}  {'rw' if u.can_write else 'r'}")
         return 0
-    store = UserStore.load(path) if _lookup(path) is not None else UserStore()
     if args.action == "add":
-        user = store.add(
-            args.name, _new_password(args.name), write=args.write, replace=args.replace
-        )
-        done = f"added user {user.name} ({'rw' if user.can_write else 'r'})"
-    else:
-        store.remove(args.name)
-        done = f"removed user {args.name}"
+        validate_username(args.name)
+        password = _new_password(args.name)  # before the lock: a person may be typing
+    # Through a symbolic link, the file it points to is updated and the link is kept.
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = path.resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links (Python < 3.13)
+        raise UsageError(f"cannot use users file {path}: {exc}") from None
+    if args.action == "del" and _lookup(target) is None:
+        raise UsageError(f"no such user: {args.name!r}")
+    try:
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
-        raise LocalFileError(f"cannot create {path.parent}: {exc.strerror}") from None
-    store.save(path)
+        raise LocalFileError(f"cannot create {target.parent}: {exc.strerror}") from None
+    with lock_users_file(target):  # no other tcpft user add/del loses or undoes this one
+        store = UserStore.load(target) if _lookup(target) is not None else UserStore()
+        if args.action == "add":
+            user = store.add(args.name, password, write=args.write, replace=args.replace)
+            done = f"added user {user.name} ({'rw' if user.can_write else 'r'})"
+        else:
+            store.remove(args.name)
+            done = f"removed user {args.name}"
+        store.save(target)
     _err(f"tcpft: {done} in {path}")
     return 0
 

@@ -715,3 +715,51 @@ def test_stdout_closed_by_its_reader_ends_quietly(server: ServerThread, env: Env
     err = proc.stderr.read()
     assert proc.wait(30) == 1
     assert err == ""
+
+
+def test_concurrent_user_adds_lose_no_account(env: Env, tmp_path: Path) -> None:
+    users = tmp_path / "accounts" / "users"
+    names = [f"user{i}" for i in range(6)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tcpft", "user", "add", name, "--users", str(users)],
+            env=cli_env(env),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in names
+    ]
+    for p in procs:  # all of them started, now all of them at once
+        assert p.stdin is not None
+        p.stdin.write("a-password-1\n")
+        p.stdin.close()
+    for p in procs:
+        assert p.wait(45) == 0, p.stderr.read() if p.stderr else ""
+        if p.stderr:
+            p.stderr.close()
+    r = tcpft(env, "user", "list", "--users", str(users))
+    assert r.stdout.split()[::2] == names
+    r = tcpft(env, "user", "del", "user3", "--users", str(users))
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in users.parent.iterdir()) == ["users", "users.lock"]
+
+
+def test_user_add_through_a_symlink_updates_its_target(env: Env, tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "users"
+    link.symlink_to(real / "users")
+    for name in ("carol", "dave"):
+        r = tcpft(env, "user", "add", name, "--users", str(link), stdin="pw-12345\n")
+        assert r.returncode == 0, r.stderr
+    assert link.is_symlink() and link.resolve() == real / "users"
+    r = tcpft(env, "user", "list", "--users", str(real / "users"))
+    assert r.stdout.split() == ["carol", "r", "dave", "r"]
+
+
+def test_user_del_without_a_users_file_creates_nothing(env: Env, tmp_path: Path) -> None:
+    r = tcpft(env, "user", "del", "carol", "--users", str(tmp_path / "new" / "users"))
+    assert r.returncode == 2 and "no such user" in r.stderr
+    assert not (tmp_path / "new").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import stat
 from pathlib import Path
 from typing import Literal
@@ -18,6 +20,7 @@ from tcpft.auth import (
     UserStore,
     create_default,
     hash_password,
+    lock_users_file,
     validate_password,
     validate_username,
 )
@@ -487,3 +490,22 @@ def test_a_starting_server_makes_the_unknown_user_hash(tmp_path: Path) -> None:
             return auth._dummy_hash.cache_info().currsize
 
     assert asyncio.run(start()) == 1
+
+
+def test_users_file_lock_is_exclusive_and_beside_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "users"
+    with lock_users_file(path):
+        fd = os.open(tmp_path / "users.lock", os.O_RDWR)
+        try:
+            with pytest.raises(BlockingIOError):  # held: another taker would wait
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+    with lock_users_file(path):  # released on leaving
+        pass
+    assert not path.exists()
+
+
+def test_users_file_lock_in_a_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(LocalFileError, match="lock file"), lock_users_file(tmp_path / "no" / "u"):
+        pass
