@@ -17,10 +17,38 @@ unchanged; its StreamReader is never fed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 
 #: The most that is taken from the transport while no read is waiting.
 SPILL_SIZE = 16 * 1024
+
+
+class StallWatch:
+    """Says when a transfer has made no progress for ``limit`` seconds.
+
+    ``progress()`` returns something that changes whenever the peer sends or takes a
+    byte. It is looked at every ``step`` (a quarter of ``limit``), so a peer that
+    stops is seen between ``limit`` and 1.25 ``limit`` after its last byte. Checking
+    once per ``limit`` would let a byte at the start of a period buy it a second one.
+    """
+
+    CHECKS = 4
+
+    def __init__(self, limit: float, progress: Callable[[], object]) -> None:
+        self.limit = limit
+        self.step = limit / self.CHECKS
+        self._progress = progress
+        self._seen = progress()
+        self._since = time.monotonic()
+
+    def stalled(self) -> bool:
+        """Look at the progress now: True once it has not moved for ``limit`` seconds."""
+        now, seen = time.monotonic(), self._progress()
+        if seen != self._seen:
+            self._seen, self._since = seen, now
+            return False
+        return now - self._since >= self.limit * 0.999  # timers fire a hair early or late
 
 
 class Receiver:
@@ -84,22 +112,17 @@ class Receiver:
         self._waiter = waiter = loop.create_future()
         timer: asyncio.TimerHandle | None = None
         if stall is not None:
-
-            def activity() -> tuple[int, int]:
-                return self._filled, busy() if busy is not None else 0
-
-            seen = activity()
+            watch = StallWatch(stall, lambda: (self._filled, busy() if busy else 0))
 
             def check() -> None:
-                nonlocal seen, timer
-                now = activity()
-                if now == seen:
+                nonlocal timer
+                if watch.stalled():
                     if not waiter.done():
                         waiter.set_exception(TimeoutError())
                     return
-                seen, timer = now, loop.call_later(stall, check)
+                timer = loop.call_later(watch.step, check)
 
-            timer = loop.call_later(stall, check)
+            timer = loop.call_later(watch.step, check)
         self._resume()
         try:
             await waiter

@@ -81,7 +81,7 @@ from .names import printable
 from .native import aligned_buffer, socket_bytes_acked
 from .pacing import Pacer
 from .protocol import CLOSED, NEED_DATA, Connection, Role
-from .receiver import Receiver, ReceiverProtocol
+from .receiver import Receiver, ReceiverProtocol, StallWatch
 from .storage import ReadHandle, ServedDirectory, UploadHandle
 
 log = logging.getLogger("tcpft.server")
@@ -361,14 +361,14 @@ class _Session:
         A drain cut by the timeout is simply made again: it is only a wait, unlike a
         sendfile (see :meth:`_while_taken`), and this way costs no task per frame.
         """
+        watch = StallWatch(self.cfg.stall_timeout, self._taken)
         while True:
-            mark = self._taken()
             try:
-                async with asyncio.timeout(self.cfg.stall_timeout):
+                async with asyncio.timeout(watch.step):
                     await self.writer.drain()
                 return
             except TimeoutError:
-                if self._taken() == mark:
+                if watch.stalled():
                     raise _Abort("client stopped reading") from None
 
     async def _while_taken(self, work: Awaitable[_T]) -> _T:
@@ -378,13 +378,13 @@ class _Session:
         slowly is waited for, one that stopped is not.
         """
         task = asyncio.ensure_future(work)
+        watch = StallWatch(self.cfg.stall_timeout, self._taken)
         try:
             while True:
-                mark = self._taken()
-                done, _ = await asyncio.wait([task], timeout=self.cfg.stall_timeout)
+                done, _ = await asyncio.wait([task], timeout=watch.step)
                 if done:
                     return task.result()
-                if self._taken() == mark:
+                if watch.stalled():
                     raise _Abort("client stopped reading")
         finally:
             if not task.done():

@@ -180,3 +180,26 @@ def test_bytes_delivered_by_copy_take_the_same_path() -> None:
     assert first == data[:50_000]
     assert rest == data[50_000:70_000]
     assert after == 0  # closed, nothing left
+
+
+@pytest.mark.timeout(30)
+def test_a_peer_that_stops_is_seen_soon_after_a_stall_timeout(tmp_path: Path) -> None:
+    """One byte just after the read starts, then nothing: the TimeoutError comes about
+    ``stall`` after that byte, not up to twice that (one check per period)."""
+    stall = 0.8
+
+    def send(sock: socket.socket) -> None:
+        time.sleep(0.05)
+        sock.sendall(b"x")
+        time.sleep(1.6)
+
+    async def body(receiver: Receiver) -> float:
+        view = memoryview(bytearray(10))
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            await receiver.read_into(view, exact=True, stall=stall)
+        return time.monotonic() - start
+
+    waited = _serve_one(tmp_path, False, body, send)
+    assert isinstance(waited, float)
+    assert stall <= waited < 1.25 * stall + 0.1 + 0.2, waited  # the byte came at ~0.05 s
