@@ -624,7 +624,7 @@ def _cmd_user(args: argparse.Namespace) -> int:
         target = path.resolve()
     except (OSError, RuntimeError) as exc:  # RuntimeError: a loop of links (Python < 3.13)
         raise UsageError(f"cannot use users file {path}: {exc}") from None
-    if args.action == "del" and _lookup(target) is None:
+    if _lookup(target) is None and args.action == "del":  # a name too long: UsageError
         raise UsageError(f"no such user: {args.name!r}")
     try:
         target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
