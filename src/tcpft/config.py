@@ -143,6 +143,23 @@ class ServerConfig:
             raise UsageError("chunk_size must be between 1 and 1048576")
         if self.limit_rate is not None and self.limit_rate <= 0:
             raise UsageError("limit_rate must be positive")
+        if self.max_upload_size is not None and self.max_upload_size <= 0:
+            raise UsageError(f"max_upload_size must be positive, not {self.max_upload_size}")
+        if self.upload_reserve < 0:
+            raise UsageError(f"upload_reserve must be 0 or more, not {self.upload_reserve}")
+        for name in ("login_failure_delay", "shutdown_grace"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise UsageError(f"{name} must be a finite number of seconds >= 0, not {value}")
+        for name in ("penalty_base", "penalty_max"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UsageError(f"{name} must be a finite number of seconds > 0, not {value}")
+        if self.penalty_base > self.penalty_max:
+            raise UsageError(
+                f"penalty_base ({self.penalty_base:g}) must not be above "
+                f"penalty_max ({self.penalty_max:g})"
+            )
         if (self.cert_file is None) != (self.key_file is None):
             raise UsageError("cert_file and key_file go together")
 

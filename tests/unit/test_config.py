@@ -237,7 +237,53 @@ def test_validate_refuses(tmp_path: Path, field: str, value: object) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("port", 0), ("port", 65535), ("chunk_size", 1), ("chunk_size", MIB), ("limit_rate", 1)],
+    [
+        ("max_upload_size", 0),
+        ("max_upload_size", -1),
+        ("upload_reserve", -1),
+        ("login_failure_delay", math.nan),
+        ("login_failure_delay", math.inf),
+        ("login_failure_delay", -1.0),
+        ("shutdown_grace", math.nan),
+        ("shutdown_grace", math.inf),
+        ("shutdown_grace", -0.5),
+        ("penalty_base", math.inf),
+        ("penalty_base", math.nan),
+        ("penalty_base", 0.0),
+        ("penalty_max", math.inf),
+        ("penalty_max", math.nan),
+    ],
+)
+def test_validate_refuses_naming_the_key(tmp_path: Path, field: str, value: object) -> None:
+    cfg = ServerConfig(root=tmp_path, state_dir=tmp_path)
+    setattr(cfg, field, value)
+    with pytest.raises(UsageError, match=rf"^{field} must be "):
+        cfg.validate()
+
+
+def test_penalty_base_above_penalty_max_names_both_keys(tmp_path: Path) -> None:
+    path = write(tmp_path, "penalty_base = 60\npenalty_max = 30\n", name="penalty.toml")
+    with pytest.raises(UsageError) as info:
+        load_config(path)
+    assert (
+        str(info.value)
+        == f"config file {path}: penalty_base (60) must not be above penalty_max (30)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("port", 0),
+        ("port", 65535),
+        ("chunk_size", 1),
+        ("chunk_size", MIB),
+        ("limit_rate", 1),
+        ("max_upload_size", 1),
+        ("upload_reserve", 0),
+        ("login_failure_delay", 0.0),
+        ("shutdown_grace", 0.0),
+    ],
 )
 def test_validate_accepts_limits(tmp_path: Path, field: str, value: object) -> None:
     cfg = ServerConfig(root=tmp_path, state_dir=tmp_path)
