@@ -69,6 +69,7 @@ from .errors import (
     TcpftError,
     UsageError,
 )
+from .limits import MAX_PASSWORD_BYTES, MAX_USERNAME_BYTES
 from .messages import Entry
 from .names import download_partial, printable, split_path
 from .progress import (
@@ -227,9 +228,15 @@ def _yes(prompt: str, default: bool) -> bool:
 
 
 def _port(text: str, *, allow_zero: bool = False) -> int:
-    if not text.isdigit() or not (0 if allow_zero else 1) <= int(text) <= 65535:
+    digits = text.isascii() and text.isdigit()  # not "²", which int() refuses
+    if not digits or not (0 if allow_zero else 1) <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"not a valid port: {text!r}")
     return int(text)
+
+
+def _listen_port(text: str) -> int:
+    """A port to listen on: 0 asks the system for a free one."""
+    return _port(text, allow_zero=True)
 
 
 def _target(text: str) -> tuple[str, int]:
@@ -297,6 +304,28 @@ def _password(args: argparse.Namespace, *, ask: bool = False) -> str:
     raise UsageError("no password: set TCPFT_PASSWORD or use --password-file")
 
 
+def _check_user(user: str) -> str:
+    """Refuse, before connecting, a user name no server could take (UsageError)."""
+    try:
+        size = len(user.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UsageError(f"the user name {user!r} is not valid UTF-8 text") from None
+    if size > MAX_USERNAME_BYTES:
+        raise UsageError(f"the user name is {size} bytes long; at most {MAX_USERNAME_BYTES}")
+    return user
+
+
+def _check_password(password: str) -> str:
+    """Refuse, before sending it, a password no server could take; never shows it."""
+    try:
+        size = len(password.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise UsageError("the password is not valid UTF-8 text") from None
+    if size > MAX_PASSWORD_BYTES:
+        raise UsageError(f"the password is {size} bytes long; at most {MAX_PASSWORD_BYTES}")
+    return password
+
+
 def _default_user() -> str:
     env = os.environ.get("TCPFT_USER")
     if env:
@@ -348,8 +377,10 @@ def _connect(
 
 def _session(args: argparse.Namespace) -> Session:
     host, port = args.target
-    password = _password(args)  # before connecting: a script without one fails at once
-    return _connect(args, host, port, args.user or _default_user(), lambda: password)
+    user = _check_user(args.user or _default_user())
+    # Before connecting: a script without a (usable) password fails at once.
+    password = _check_password(_password(args))
+    return _connect(args, host, port, user, lambda: password)
 
 
 def _reporter(args: argparse.Namespace, verb: str) -> Reporter:
@@ -462,13 +493,17 @@ def _cmd_client(args: argparse.Namespace) -> int:
     user = args.user or (_ask("user: ") or "").strip()
     if not user:
         raise UsageError("no user name given")
+    _check_user(user)
     out = Path(args.output) if args.output else Path(".")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise LocalFileError(f"cannot create {out}: {exc.strerror}") from None
     console = Console(highlight=False)
-    password = functools.partial(_password, args, ask=True)  # asked once the server is trusted
+
+    def password() -> str:  # asked once the server is trusted
+        return _check_password(_password(args, ask=True))
+
     with _connect(args, args.host, args.port, user, password) as s:
         console.print(listing_table(s.listing))
         while True:
@@ -648,9 +683,7 @@ def _cmd_user(args: argparse.Namespace) -> int:
 
 def _serve_options(p: argparse.ArgumentParser, *, port_option: bool) -> None:
     if port_option:
-        p.add_argument(
-            "--port", type=functools.partial(_port, allow_zero=True), help=f"default {DEFAULT_PORT}"
-        )
+        p.add_argument("--port", type=_listen_port, help=f"default {DEFAULT_PORT}")
     p.add_argument("--host", type=_host, help="address to listen on (default: every interface)")
     p.add_argument("--users", metavar="FILE", help="users file (default: STATE_DIR/users)")
     p.add_argument("--state-dir", metavar="DIR", help="certificate and default users file")
@@ -689,7 +722,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("server", parents=[common], help="serve: tcpft server PORT [DIR]")
-    p.add_argument("port", type=functools.partial(_port, allow_zero=True))
+    p.add_argument("port", type=_listen_port)
     p.add_argument("dir", nargs="?", help="directory to serve (default: current)")
     _serve_options(p, port_option=False)
     p.set_defaults(func=_cmd_serve)

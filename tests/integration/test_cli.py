@@ -763,3 +763,30 @@ def test_user_del_without_a_users_file_creates_nothing(env: Env, tmp_path: Path)
     r = tcpft(env, "user", "del", "carol", "--users", str(tmp_path / "new" / "users"))
     assert r.returncode == 2 and "no such user" in r.stderr
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("args", [["serve", "--port", "\u00b2"], ["server", "\u00b2"]])
+def test_unicode_digit_port_is_a_plain_usage_error(env: Env, args: list[str]) -> None:
+    r = tcpft(env, *args)
+    assert r.returncode == 2
+    assert "not a valid port: '\u00b2'" in r.stderr and "functools" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "variables", "message"),
+    [
+        ([], {"TCPFT_USER": "\udcff"}, "user name '\\udcff' is not valid UTF-8"),
+        (["--user", "\udcff"], {}, "user name '\\udcff' is not valid UTF-8"),
+        ([], {"TCPFT_PASSWORD": "\udcff"}, "the password is not valid UTF-8 text"),
+        ([], {"TCPFT_PASSWORD": "p" * 5000}, "the password is 5000 bytes long"),
+        (["--user", "u" * 5000], {}, "the user name is 5000 bytes long"),
+    ],
+)
+def test_credentials_no_server_could_take_are_refused_before_connecting(
+    env: Env, args: list[str], variables: dict[str, str], message: str
+) -> None:
+    extra = {"TCPFT_USER": "alice", "TCPFT_PASSWORD": "a-password", **variables}
+    code, err = run_detached(env, ["ls", f"127.0.0.1:{free_port()}", *args], b"", **extra)
+    assert code == 2, err
+    assert message in err and "cannot connect" not in err
+    assert "a-password" not in err and "p" * 100 not in err
