@@ -568,6 +568,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     root = _lookup(config.root)
     if root is None or not stat.S_ISDIR(root.st_mode):
         raise UsageError(f"cannot serve {config.root}: not a directory")
+    ctx = fingerprint = None  # the identity first: if it is refused, nothing was made
+    if not config.plaintext:
+        if config.cert_file and config.key_file:
+            cert, key_file = config.cert_file, config.key_file
+        else:
+            cert, key_file = ensure_server_certificate(config.state_dir)
+        ctx = server_context(cert, key_file)
+        fingerprint = certificate_fingerprint(cert)
     path = config.users_path()
     if _lookup(path) is not None:
         users = UserStore.load(path)
@@ -579,16 +587,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             f"    user:     {name}\n    password: {password}\n"
             f"tcpft: add accounts with: tcpft user add NAME --users {path}"
         )
-    ctx = None
-    if config.plaintext:
+    if fingerprint is None:
         _err("tcpft: warning: --plaintext: passwords and files travel UNENCRYPTED")
     else:
-        if config.cert_file and config.key_file:
-            cert, key_file = config.cert_file, config.key_file
-        else:
-            cert, key_file = ensure_server_certificate(config.state_dir)
-        ctx = server_context(cert, key_file)
-        _err(f"fingerprint: {certificate_fingerprint(cert)}")
+        _err(f"fingerprint: {fingerprint}")
     tune_server_malloc()
     asyncio.run(_serve(Server(config, users, ctx)))
     return 0

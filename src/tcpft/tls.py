@@ -104,21 +104,39 @@ def _hostname_san() -> list[x509.GeneralName]:
 
 
 def ensure_server_certificate(state_dir: Path) -> tuple[Path, Path]:
-    """Return ``(cert_path, key_path)`` in ``state_dir``, creating them if either is missing.
+    """Return ``(cert_path, key_path)`` in ``state_dir``, creating them if both are missing.
 
     A new EC P-256 key (mode 0600) and a self-signed certificate (mode 0644, CN
     "tcpft server", SANs localhost, this host's name, 127.0.0.1 and ::1, ten years).
+    The key is written as ``server.key.new``, then the certificate (the commit point),
+    then the key is renamed into place: a start after a crash in between finishes the
+    rename. One of the two without the other (a file deleted or lost) is refused: the
+    server's identity never changes without its owner asking for it.
 
     Raises:
-        LocalFileError: the directory or the files cannot be created or written.
+        UsageError: only one of the two files exists, or they cannot be looked at (a
+            name too long for the file system, no permission).
+        LocalFileError: the directory or the files cannot be made or written.
     """
     cert_path, key_path = state_dir / CERT_NAME, state_dir / KEY_NAME
+    new_key = state_dir / (KEY_NAME + ".new")
     try:
-        if cert_path.is_file() and key_path.is_file():
-            return cert_path, key_path
+        have_cert, have_key = cert_path.is_file(), key_path.is_file()
+        if have_cert and not have_key and new_key.is_file():
+            os.replace(new_key, key_path)  # made with this certificate; the rename was cut
+            have_key = True
     except OSError as exc:  # a name too long, no permission
         why = exc.strerror or exc
-        raise LocalFileError(f"cannot use the state directory {state_dir}: {why}") from None
+        raise UsageError(f"cannot use the state directory {state_dir}: {why}") from None
+    if have_cert and have_key:
+        return cert_path, key_path
+    if have_cert or have_key:
+        there, gone = (cert_path, key_path) if have_cert else (key_path, cert_path)
+        raise UsageError(
+            f"{gone} is missing, though {there} is there: restore it, or delete "
+            f"{there.name} as well to make a new server identity (clients that pinned the "
+            "old fingerprint will then refuse the server until their pin is removed)"
+        )
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -153,11 +171,9 @@ def ensure_server_certificate(state_dir: Path) -> tuple[Path, Path]:
     )
     try:
         state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # The certificate is the commit point: drop a stale one first, so that a crash
-        # between the two writes leaves no certificate and the next start begins again.
-        cert_path.unlink(missing_ok=True)
-        _atomic_write(key_path, key_pem, 0o600)
+        _atomic_write(new_key, key_pem, 0o600)
         _atomic_write(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        os.replace(new_key, key_path)
     except OSError as exc:
         raise LocalFileError(f"cannot write the server certificate in {state_dir}: {exc}") from exc
     return cert_path, key_path
@@ -222,8 +238,15 @@ def server_context(cert: Path, key: Path) -> ssl.SSLContext:
     """
     ctx = _restrict(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+
+    def encrypted() -> bytes:  # asked for a pass phrase: never prompt for one
+        raise UsageError(
+            f"the private key {key} is encrypted; tcpft needs it unencrypted "
+            "(openssl pkey -in ENCRYPTED -out PLAIN)"
+        )
+
     try:
-        ctx.load_cert_chain(certfile=cert, keyfile=key)
+        ctx.load_cert_chain(certfile=cert, keyfile=key, password=encrypted)
     except OSError as exc:  # ssl.SSLError is an OSError
         raise UsageError(f"cannot load TLS certificate {cert} with key {key}: {exc}") from exc
     return ctx

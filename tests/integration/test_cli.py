@@ -601,7 +601,7 @@ LONG = "n" * 300  # over NAME_MAX (255 bytes) of every common file system
         (["serve", LONG, "--port", "0"], 2),
         (["serve", ".", "--users", LONG, "--port", "0"], 2),
         (["serve", ".", "--state-dir", LONG, "--port", "0"], 2),
-        (["serve", ".", "--users", "users", "--state-dir", LONG, "--port", "0"], 11),
+        (["serve", ".", "--users", "users", "--state-dir", LONG, "--port", "0"], 2),
         (["user", "add", "bob", "--users", LONG], 2),
         (["user", "del", "bob", "--users", LONG], 2),
         (["user", "add", "bob", "--state-dir", LONG], 2),
@@ -790,3 +790,17 @@ def test_credentials_no_server_could_take_are_refused_before_connecting(
     assert code == 2, err
     assert message in err and "cannot connect" not in err
     assert "a-password" not in err and "p" * 100 not in err
+
+
+def test_serve_refuses_a_state_dir_with_half_an_identity(env: Env, tmp_path: Path) -> None:
+    from tcpft.tls import ensure_server_certificate
+
+    state = tmp_path / "half-state"
+    cert, key = ensure_server_certificate(state)
+    key.unlink()
+    before = cert.read_bytes()
+    r = tcpft(env, "serve", str(env.root), "--state-dir", str(state), "--port", "0")
+    assert r.returncode == 2
+    assert f"tcpft: error: {key} is missing, though {cert} is there" in r.stderr
+    assert cert.read_bytes() == before and not key.exists()
+    assert not (state / "users").exists()  # refused before anything was made

@@ -77,13 +77,43 @@ def test_certificate_created_once_and_reused(tmp_path: Path) -> None:
     assert sorted(p.name for p in state.iterdir()) == ["server.crt", "server.key"]  # no temps
 
 
-def test_certificate_regenerated_when_key_missing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("lost", ["server.key", "server.crt"])
+def test_half_an_identity_is_refused_not_replaced(tmp_path: Path, lost: str) -> None:
+    cert, key = ensure_server_certificate(tmp_path)
+    kept = {p: p.read_bytes() for p in (cert, key)}
+    (tmp_path / lost).unlink()
+    with pytest.raises(UsageError, match=f"{tmp_path / lost} is missing") as info:
+        ensure_server_certificate(tmp_path)
+    assert "new server identity" in str(info.value)
+    assert {p: p.read_bytes() for p in (cert, key) if p.exists()} == {
+        p: v for p, v in kept.items() if p.name != lost
+    }
+
+
+def test_a_creation_cut_before_the_key_was_renamed_is_finished(tmp_path: Path) -> None:
     cert, key = ensure_server_certificate(tmp_path)
     first = certificate_fingerprint(cert)
-    key.unlink()
+    key.rename(tmp_path / "server.key.new")  # as left by a crash after the commit point
     assert ensure_server_certificate(tmp_path) == (cert, key)
-    assert certificate_fingerprint(cert) != first
-    server_context(cert, key)  # the new key matches the new certificate
+    assert certificate_fingerprint(cert) == first
+    server_context(cert, key)  # the key is the certificate's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["server.crt", "server.key"]
+
+
+def test_an_encrypted_key_is_a_clear_error(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    cert, key = ensure_server_certificate(tmp_path)
+    plain = serialization.load_pem_private_key(key.read_bytes(), None)
+    key.write_bytes(
+        plain.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"pass phrase"),
+        )
+    )
+    with pytest.raises(UsageError, match=f"the private key {key} is encrypted"):
+        server_context(cert, key)
 
 
 def test_certificate_contents(cert_pair: tuple[Path, Path]) -> None:
