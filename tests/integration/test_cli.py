@@ -804,3 +804,16 @@ def test_serve_refuses_a_state_dir_with_half_an_identity(env: Env, tmp_path: Pat
     assert f"tcpft: error: {key} is missing, though {cert} is there" in r.stderr
     assert cert.read_bytes() == before and not key.exists()
     assert not (state / "users").exists()  # refused before anything was made
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_an_os_error_no_command_caught_is_one_line_and_exit_11(
+    server: ServerThread, env: Env
+) -> None:
+    """The last resort: --json events written to a full stdout by the reporter."""
+    with open("/dev/full", "w") as full:
+        r = run_to(env, ["get", addr(server), "hello.txt", "--json"], full)
+    assert r.returncode == 11, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("tcpft: error: ")
+    assert "No space left on device" in r.stderr
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
