@@ -46,14 +46,14 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from rich.console import Console
 
 from . import __version__
-from .client import Progress, Session, connect, known_hosts_path
+from .client import Progress, Session, TreeOutcome, connect, known_hosts_path
 from .config import (
     DEFAULT_PORT,
     ServerConfig,
@@ -428,11 +428,8 @@ def _cmd_get(args: argparse.Namespace) -> int:
             for name in args.names:
                 if args.recursive:
                     track = functools.partial(_track_entry, rep)
-                    tree = functools.partial(
-                        s.download_tree, name, dest or ".", progress_for=track, **opts
-                    )
-                    for got in rep.attempt(name, tree) or []:
-                        rep.finished(got.remote, got)
+                    each = s.download_tree_each(name, dest or ".", progress_for=track, **opts)
+                    _settle_tree(rep, name, each)
                     continue
                 glob = _GLOB_CHARS & set(name)
                 paths = rep.attempt(name, functools.partial(_glob, s, name)) if glob else [name]
@@ -455,6 +452,14 @@ def _get_files(
             rep.settle(*outcome)
 
 
+def _settle_tree(rep: Reporter, name: str, outcomes: Generator[TreeOutcome, None, None]) -> None:
+    """Report each file of a tree in turn; what fails the tree itself (its listing, the
+    session) is reported under ``name``."""
+    with contextlib.closing(outcomes):
+        while (step := rep.attempt(name, functools.partial(next, outcomes, None))) is not None:
+            rep.settle(*step)
+
+
 def _track_entry(rep: Reporter, entry: Entry) -> Progress | None:
     return rep.track(entry.path)
 
@@ -465,18 +470,18 @@ def _cmd_put(args: argparse.Namespace) -> int:
     is_dir = st is not None and stat.S_ISDIR(st.st_mode)
     if is_dir and not args.recursive:
         raise UsageError(f"{local} is a directory; use -r to upload a tree")
-    if st is None or not (is_dir or stat.S_ISREG(st.st_mode)):
+    if st is None:
         raise LocalFileError(f"{local}: no such file")
+    if not (is_dir or stat.S_ISREG(st.st_mode)):
+        raise LocalFileError(f"{local}: not a regular file or a directory")
     remote = args.remote or local.resolve().name
     with _session(args) as s, _reporter(args, "sent") as rep:
         opts = {"force": args.force, "resume": args.resume}
         try:
             if is_dir:
-                tree = functools.partial(
-                    s.upload_tree, local, remote, progress_for=rep.track, **opts
+                _settle_tree(
+                    rep, remote, s.upload_tree_each(local, remote, progress_for=rep.track, **opts)
                 )
-                for got in rep.attempt(remote, tree) or []:
-                    rep.finished(got.remote, got)
             else:
                 put = functools.partial(s.upload, local, remote, progress=rep.track(remote), **opts)
                 if (result := rep.attempt(remote, put)) is not None:

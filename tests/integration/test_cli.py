@@ -192,6 +192,36 @@ def test_get_recursive(server: ServerThread, env: Env) -> None:
     assert (env.client / "tree" / "sub" / "inner.txt").read_text() == "inner\n"
 
 
+def test_get_recursive_goes_on_past_a_file_and_a_resume_finishes_it(
+    server: ServerThread, env: Env
+) -> None:
+    """A file that exists locally fails alone (exit 9 at the end, the rest received);
+    run again with --resume, files already there are skipped, the missing one comes."""
+    for i in range(4):
+        (env.root / "t").mkdir(exist_ok=True)
+        (env.root / "t" / f"f{i}.bin").write_bytes(os.urandom(5000 + i))
+    (env.client / "out" / "t").mkdir(parents=True)
+    (env.client / "out" / "t" / "f1.bin").write_text("mine")
+    r = tcpft(env, "get", addr(server), "-r", "t", "-o", "out")
+    assert r.returncode == 9, r.stderr
+    assert "f1.bin" in r.stderr and "Traceback" not in r.stderr
+    for i in (0, 2, 3):
+        assert (env.client / "out" / "t" / f"f{i}.bin").read_bytes() == (
+            env.root / "t" / f"f{i}.bin"
+        ).read_bytes()
+    (env.client / "out" / "t" / "f1.bin").unlink()
+    r = tcpft(env, "get", addr(server), "-r", "t", "-o", "out", "--resume", "--json")
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines()]
+    assert sorted(e["path"] for e in events if e["event"] == "skipped") == [
+        "t/f0.bin", "t/f2.bin", "t/f3.bin",
+    ]  # fmt: skip
+    assert [e["path"] for e in events if e["event"] == "done"] == ["t/f1.bin"]
+    assert (env.client / "out" / "t" / "f1.bin").read_bytes() == (
+        env.root / "t" / "f1.bin"
+    ).read_bytes()
+
+
 def test_get_json_events(server: ServerThread, env: Env) -> None:
     r = tcpft(env, "get", addr(server), "data.bin", "nope", "--json")
     assert r.returncode == 6
@@ -248,6 +278,29 @@ def test_put_tree_with_r(server: ServerThread, env: Env) -> None:
         "backup/d/one.txt",
     ]
     assert (env.root / "backup" / "d" / "e" / "two.txt").read_text() == "2\n"
+
+
+def test_put_tree_again_with_resume_skips_what_is_there(server: ServerThread, env: Env) -> None:
+    (env.client / "d").mkdir()
+    for i in range(3):
+        (env.client / "d" / f"f{i}.txt").write_text(f"{i}\n")
+    assert tcpft(env, "put", addr(server), "d", "-r").returncode == 0
+    (env.root / "d" / "f1.txt").unlink()
+    again = tcpft(env, "put", addr(server), "d", "-r")  # without --resume: each exists
+    assert again.returncode == 9 and again.stderr.count("exists") == 2, again.stderr
+    assert (env.root / "d" / "f1.txt").read_text() == "1\n"  # the others did not stop it
+    (env.root / "d" / "f1.txt").unlink()
+    r = tcpft(env, "put", addr(server), "d", "-r", "--resume")
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("skipped") == 2, r.stderr
+    assert (env.root / "d" / "f1.txt").read_text() == "1\n"
+
+
+def test_put_of_a_fifo_says_what_it_is(server: ServerThread, env: Env) -> None:
+    os.mkfifo(env.client / "pipe")
+    r = tcpft(env, "put", addr(server), "pipe")
+    assert r.returncode == 11
+    assert "not a regular file or a directory" in r.stderr
 
 
 # --- login and trust ---------------------------------------------------------------------
