@@ -48,18 +48,40 @@ class Audit:
             why = exc.strerror or str(exc)
             raise UsageError(f"cannot open the audit file {json_path}: {why}") from None
         self._lock = threading.Lock()
+        self._failing = False
 
     def event(self, kind: str, **fields: object) -> None:
-        """Record one event; ``kind`` is e.g. ``"login ok"`` or ``"transfer get"``."""
+        """Record one event; ``kind`` is e.g. ``"login ok"`` or ``"transfer get"``.
+
+        A JSON file that cannot be written (a full disk) does not stop the server: the
+        failure is logged once, as an error, and again when writing works again. The
+        logger's line is written either way.
+        """
         line = " ".join([kind, *(f"{k}={_value(v)}" for k, v in fields.items())])
         logger.info("%s", line)
         if self._json is not None:
             record = {"time": time.time(), "event": kind, **fields}
             with self._lock:
-                self._json.write(json.dumps(record, default=str) + "\n")
-                self._json.flush()
+                try:
+                    self._json.write(json.dumps(record, default=str) + "\n")
+                    self._json.flush()
+                except OSError as exc:
+                    if not self._failing:
+                        logger.error(
+                            "cannot write the audit file: %s; its records are lost until "
+                            "it can be written again", exc.strerror or exc,
+                        )  # fmt: skip
+                    self._failing = True
+                    return
+                if self._failing:
+                    logger.warning("the audit file is written again")
+                    self._failing = False
 
     def close(self) -> None:
+        """Close the JSON file; what it could not take (a full disk) is lost, as logged."""
         if self._json is not None:
-            self._json.close()
-            self._json = None
+            json_file, self._json = self._json, None
+            try:
+                json_file.close()
+            except OSError as exc:
+                logger.error("cannot write the audit file: %s", exc.strerror or exc)

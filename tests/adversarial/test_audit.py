@@ -174,3 +174,23 @@ def test_a_transfer_cut_midway_is_still_audited(
     fields = _fields(lines[0])
     assert fields["user"] == "alice" and fields["result"] != "ok"
     assert int(fields["bytes"]) > 0
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_an_audit_file_that_cannot_be_written_does_not_stop_the_server(
+    start_server: StartServer,
+    login: Callable[..., Session],
+    env: Env,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A full disk under the JSON audit file: logins and transfers go on, the loss is
+    logged once, and the logger's lines are still written."""
+    caplog.set_level(logging.INFO, logger="tcpft.audit")
+    srv = start_server(audit_json=Path("/dev/full"))  # every write: ENOSPC
+    for _ in range(2):
+        with login(srv) as s:
+            assert s.download("hello.txt", env.client, force=True).size == 13
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "cannot write the audit file" in errors[0].getMessage()
+    assert sum("transfer get" in r.getMessage() for r in caplog.records) == 2
