@@ -198,7 +198,17 @@ def _read_line() -> str | None:
 
 
 def _getpass(prompt: str) -> str:
-    """A hidden prompt; UsageError at end of input (Ctrl-D) or for bytes that are not text."""
+    """A hidden prompt; UsageError at end of input (Ctrl-D) or for bytes that are not text.
+
+    When stdin is not a terminal, the password is its next line, as the other answers
+    are (getpass would warn that it may be echoed, or read another terminal).
+    """
+    if not sys.stdin.isatty():
+        line = _ask(prompt)
+        if line is None:
+            _err("")
+            raise UsageError("no password given (end of input)")
+        return line
     try:
         return getpass.getpass(prompt)
     except EOFError:

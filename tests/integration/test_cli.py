@@ -423,6 +423,20 @@ def test_user_added_can_log_in(start_server: Callable[..., ServerThread], env: E
     assert r.returncode == 0, r.stderr
 
 
+def test_interactive_client_with_piped_input_and_no_terminal(
+    server: ServerThread, env: Env
+) -> None:
+    """Without a terminal the password is read from stdin, with no Python warning."""
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpft", "client", "127.0.0.1", str(server.port),
+         "--fingerprint", server.fingerprint],
+        env=cli_env(env, None), cwd=env.client, input=f"{ALICE[0]}\n{ALICE[1]}\nhello.txt\n",
+        capture_output=True, text=True, timeout=45, start_new_session=True,
+    )  # fmt: skip
+    assert "Warning" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (env.client / "hello.txt").read_text() == "hello, world\n"
+
+
 # --- tcpft serve as a real process -------------------------------------------------------
 
 
