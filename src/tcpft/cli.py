@@ -571,6 +571,7 @@ def _toml_value(value: object) -> str:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from .audit import Audit
     from .auth import UserStore, create_default
     from .native import tune_server_malloc
     from .server import Server
@@ -591,6 +592,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             cert, key_file = ensure_server_certificate(config.state_dir)
         ctx = server_context(cert, key_file)
         fingerprint = certificate_fingerprint(cert)
+    if config.audit_json is not None:  # refused before a users file is made, too
+        Audit(config.audit_json).close()
     path = config.users_path()
     if _lookup(path) is not None:
         users = UserStore.load(path)

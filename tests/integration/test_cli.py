@@ -657,6 +657,7 @@ def test_serve_with_an_audit_file_that_cannot_be_opened_exits_2(env: Env, tmp_pa
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
     assert f"tcpft: error: cannot open the audit file {tmp_path}: Is a directory" in r.stderr
+    assert not (tmp_path / "audit-state" / "users").exists()  # refused before any account
 
 
 LONG = "n" * 300  # over NAME_MAX (255 bytes) of every common file system
