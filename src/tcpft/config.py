@@ -55,16 +55,6 @@ def check_host(host: str) -> str:
         shown = host if len(host) <= 80 else host[:77] + "..."
         raise UsageError(f"not a valid host name or address: {shown!r}")
     return host
-    bad = not host or any(not ch.isprintable() or ch.isspace() for ch in host)
-    if not bad:
-        try:
-            bad = len(host.encode("idna")) > 253
-        except UnicodeError:
-            bad = True
-    if bad:
-        shown = host if len(host) <= 80 else host[:77] + "..."
-        raise UsageError(f"not a valid host name or address: {shown!r}")
-    return host
 
 
 @dataclass
