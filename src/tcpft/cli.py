@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, TextIO
 from rich.console import Console
 
 from . import __version__
-from .client import Progress, Session, TreeOutcome, connect, known_hosts_path
+from .client import MAX_TIMEOUT, Progress, Session, TreeOutcome, connect, known_hosts_path
 from .config import (
     DEFAULT_PORT,
     ServerConfig,
@@ -273,18 +273,15 @@ def _host(text: str) -> str:
         raise argparse.ArgumentTypeError(exc.message) from None
 
 
-_MAX_TIMEOUT = 86400.0  # one day: a longer wait is a typo, not a plan
-
-
 def _timeout(text: str) -> float:
     """Seconds, a finite number above zero and at most a day."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= _MAX_TIMEOUT:  # also refuses nan
+    if not 0 < value <= MAX_TIMEOUT:  # also refuses nan
         raise argparse.ArgumentTypeError(
-            f"not a timeout: {text!r} (seconds, above 0 and at most {_MAX_TIMEOUT:g})"
+            f"not a timeout: {text!r} (seconds, above 0 and at most {MAX_TIMEOUT:g})"
         )
     return value
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .config import DEFAULT_PORT, default_client_dir
+from .config import DEFAULT_PORT, check_host, default_client_dir
 from .errors import (
     AlreadyExists,
     ConnectError,
@@ -151,6 +151,10 @@ TreeOutcome = tuple[str, TransferResult | Skipped | TcpftError]
 MAX_LIST_ENTRIES = 1_000_000
 MAX_LIST_NAME_CHARS = 64 * 1024 * 1024
 
+#: The longest timeout ``connect`` takes: a day (a longer wait is a typo, not a plan;
+#: far longer ones overflow the system's clock).
+MAX_TIMEOUT = 86400.0
+
 #: GETs that :meth:`Session.download_many` sends ahead of the file in progress.
 GETS_AHEAD = 4
 
@@ -263,16 +267,15 @@ def connect(
     """
     if fingerprint is not None:
         fingerprint = parse_fingerprint(fingerprint)  # a typo is a usage error, found offline
-    if not (0 < timeout <= _MAX_TIMEOUT):  # also refuses NaN
-        raise UsageError(f"the timeout must be above 0 and at most {_MAX_TIMEOUT:.0f} s")
+    if not (0 < timeout <= MAX_TIMEOUT):  # also refuses NaN
+        raise UsageError(f"the timeout must be above 0 and at most {MAX_TIMEOUT:.0f} s")
+    check_host(host)  # a name IDNA cannot encode would be a UnicodeError below
     try:
         sock = socket.create_connection((host, port), timeout=timeout)
     except TimeoutError:
         raise TimeoutExpired(f"timed out connecting to {host}:{port}") from None
     except OSError as exc:
         raise ConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-    except (UnicodeError, ValueError) as exc:  # a name IDNA cannot encode, a NUL in it
-        raise UsageError(f"not a valid host name: {printable(host)} ({exc})") from None
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         stream: socket.socket | TLSStream = sock
@@ -288,10 +291,6 @@ def connect(
         sock.close()
         raise
     return session
-
-
-#: The longest timeout ``connect`` takes: a day (larger ones overflow the system's clock).
-_MAX_TIMEOUT = 86400.0
 
 
 class Session:
