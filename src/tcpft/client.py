@@ -740,8 +740,8 @@ class Session:
     def _recv_exactly(self, buf: bytearray, length: int) -> int:
         """Fill ``buf[:length]`` from the socket; return the bytes read (fewer at EOF).
 
-        Under ``limit_rate`` (downloads), a piece at a time with a wait before each
-        (Pacer.piece): the server's sending slows down as the socket's buffers fill.
+        Under ``limit_rate`` (downloads), a piece at a time (Pacer.piece), each followed
+        by the wait the rate asks for: the server's sending slows as the buffers fill.
         """
         view, got, pacer = memoryview(buf), 0, self._pacer
         step = length if pacer is None else pacer.piece
