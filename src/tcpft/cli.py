@@ -403,11 +403,12 @@ def _reporter(args: argparse.Namespace, verb: str) -> Reporter:
 
 def _cmd_ls(args: argparse.Namespace) -> int:
     with _session(args) as s:
-        entries = (
-            s.list(args.path, recursive=args.recursive)
-            if args.path or args.recursive
-            else s.listing
-        )
+        if args.path or args.recursive:
+            entries = s.list(args.path, recursive=args.recursive)
+        elif s.listing_error is not None:  # the root listing sent at login was refused
+            raise s.listing_error
+        else:
+            entries = s.listing
     for e in entries:
         _out(json.dumps(entry_record(e)) if args.json else listing_line(e))
     return 0
@@ -517,7 +518,10 @@ def _cmd_client(args: argparse.Namespace) -> int:
         return _check_password(_password(args, ask=True))
 
     with _connect(args, args.host, args.port, user, password) as s:
-        console.print(listing_table(s.listing))
+        if s.listing_error is not None:  # a root with more entries than the server lists
+            _err(f"tcpft: no listing: {s.listing_error.message}; a name can still be asked for")
+        else:
+            console.print(listing_table(s.listing))
         while True:
             name = _ask("file (empty to quit): ")
             if name is None or not name.strip():
@@ -540,7 +544,8 @@ def _cmd_client(args: argparse.Namespace) -> int:
                 return 0
             except InvalidName as exc:
                 _err(error_line(exc))
-                console.print(listing_table(getattr(exc, "listing", None) or s.listing))
+                if s.listing_error is None:
+                    console.print(listing_table(getattr(exc, "listing", None) or s.listing))
 
 
 # --- the server --------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from .errors import (
     InvalidName,
     LocalFileError,
     LocalProtocolError,
+    RemoteFileError,
     RemoteProtocolError,
     TcpftError,
     TimeoutExpired,
@@ -315,6 +316,9 @@ class Session:
         #: The digest algorithm of this session, set by the protocol version at login.
         self.algorithm: Algorithm = "sha256"
         self.listing: Entries = []
+        #: Why the root listing sent after login was refused (a root with more entries
+        #: than the server lists); ``listing`` is then empty and the session goes on.
+        self.listing_error: RemoteFileError | None = None
         self._pacer = Pacer(limit_rate) if limit_rate else None
         self._view = memoryview(bytearray(_RECV_SIZE))
         self._header = bytearray(FRAME_HEADER_SIZE)
@@ -432,7 +436,7 @@ class Session:
         ok = self._next()
         assert isinstance(ok, LoginOk)
         self.user, self.can_write = ok.user, ok.can_write
-        self.listing = self._read_listing()
+        self.listing, self.listing_error = self._root_listing()
 
     # --- requests ------------------------------------------------------------------
 
@@ -758,8 +762,17 @@ class Session:
     def _request_error(self, err: Error) -> TcpftError:
         exc = error_from_wire(err.code, err.text)
         if isinstance(exc, InvalidName) and self.conn.state is State.LISTING:
-            exc.listing = self._read_listing()  # type: ignore[attr-defined]
+            exc.listing, _ = self._root_listing()  # type: ignore[attr-defined]
         return exc
+
+    def _root_listing(self) -> tuple[Entries, RemoteFileError | None]:
+        """Read the root listing the server sends unasked (after login, after a refused
+        GET); a refusal of it (TOO_LARGE: more entries than the server lists) is
+        returned, with no entries, and leaves the session usable."""
+        try:
+            return self._read_listing(), None
+        except RemoteFileError as exc:
+            return [], exc
 
     def glob(self, pattern: str) -> Entries:
         """Files of the server matching a shell pattern (``*.iso``, ``docs/*.md``).
@@ -901,7 +914,9 @@ class Session:
         top = remote_dir if remote_dir is not None else base.resolve().name
         there: dict[str, Entry] = {}
         if resume and not force:
-            with contextlib.suppress(InvalidName):  # not there yet (or a file): no skip
+            # Not there yet, or too large to list: then nothing is skipped (each file
+            # already there is refused alone, as without resume).
+            with contextlib.suppress(RemoteFileError):
                 there = {e.path: e for e in self.list(top, recursive=True)}
         jobs: list[tuple[Path, str]] = []
         for dirpath, dirnames, filenames in os.walk(base):

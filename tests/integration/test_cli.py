@@ -437,6 +437,24 @@ def test_interactive_client_with_piped_input_and_no_terminal(
     assert (env.client / "hello.txt").read_text() == "hello, world\n"
 
 
+def test_interactive_client_of_a_root_too_large_to_list(
+    start_server: Callable[..., ServerThread], env: Env
+) -> None:
+    """No listing after login (TOO_LARGE): said once, and a name still downloads."""
+    srv = start_server(max_list_entries=2)
+    r = subprocess.run(
+        [sys.executable, "-m", "tcpft", "client", "127.0.0.1", str(srv.port),
+         "--fingerprint", srv.fingerprint],
+        env=cli_env(env, None), cwd=env.client, input=f"{ALICE[0]}\n{ALICE[1]}\nhello.txt\n",
+        capture_output=True, text=True, timeout=45, start_new_session=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "no listing: listing exceeds 2 entries" in r.stderr and "Traceback" not in r.stderr
+    assert (env.client / "hello.txt").read_text() == "hello, world\n"
+    ls = tcpft(env, "ls", f"127.0.0.1:{srv.port}", "--fingerprint", srv.fingerprint)
+    assert ls.returncode != 0 and "listing exceeds 2 entries" in ls.stderr, ls
+
+
 # --- tcpft serve as a real process -------------------------------------------------------
 
 

@@ -131,6 +131,23 @@ def test_a_tree_upload_cut_short_is_finished_by_a_resume(
         assert (env.root / name).read_bytes() == (env.client / name).read_bytes()
 
 
+def test_a_tree_upload_with_resume_goes_on_when_the_tree_is_too_large_to_list(
+    env: Env, start_server: Callable[..., ServerThread], login: Login_
+) -> None:
+    """The resume's listing is refused (over max_list_entries): nothing is skipped, and
+    each file already there is refused alone, as without resume."""
+    names = _small_tree(env.client, 4)
+    srv = start_server(max_list_entries=2)
+    with login(srv) as s:
+        first = dict(s.upload_tree_each(env.client / "t", resume=True))
+        assert all(isinstance(o, TransferResult) for o in first.values()), first
+        (env.root / names[0]).unlink()
+        again = dict(s.upload_tree_each(env.client / "t", resume=True))
+    assert isinstance(again.pop(names[0]), TransferResult)
+    assert all(isinstance(o, AlreadyExists) for o in again.values()), again
+    assert (env.root / names[0]).read_bytes() == (env.client / names[0]).read_bytes()
+
+
 def test_glob_matches_names(env: Env, server: ServerThread, login: Login_) -> None:
     (env.root / "a.iso").write_text("a")
     (env.root / "b.iso").write_text("b")

@@ -21,8 +21,10 @@ from tcpft.errors import (
     ConnectError,
     ConnectionBroken,
     FingerprintMismatch,
+    InvalidName,
     LocalFileError,
     TLSVerifyError,
+    TooLarge,
     UsageError,
 )
 from tcpft.messages import (
@@ -451,3 +453,17 @@ def test_a_timeout_out_of_range_is_a_usage_error(timeout: float, env: Env) -> No
         connect(
             "127.0.0.1", 1, user="u", password="p", known_hosts=env.known_hosts, timeout=timeout
         )
+
+
+def test_a_root_too_large_to_list_leaves_the_session_usable(
+    env: Env, start_server: Callable[..., ServerThread], login: Login
+) -> None:
+    """The listing sent after login is refused (more entries than max_list_entries):
+    logging in still works, and so do requests."""
+    srv = start_server(max_list_entries=2)
+    with login(srv) as s:
+        assert s.listing == [] and isinstance(s.listing_error, TooLarge)
+        with pytest.raises(InvalidName) as info:
+            s.download("nope", env.client)
+        assert info.value.listing == []  # type: ignore[attr-defined]
+        assert s.download("hello.txt", env.client).size == 13
