@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from .client import Entries, Outcomes, Results, Session, TransferResult, connect
 from .config import DEFAULT_PORT
+from .errors import RemoteFileError
 
 T = TypeVar("T")
 
@@ -34,6 +35,11 @@ class AsyncSession:
     @property
     def listing(self) -> Entries:
         return self.session.listing
+
+    @property
+    def listing_error(self) -> RemoteFileError | None:
+        """See :attr:`Session.listing_error`."""
+        return self.session.listing_error
 
     async def list(self, path: str = "", *, recursive: bool = False) -> Entries:
         """See :meth:`Session.list`."""

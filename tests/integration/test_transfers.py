@@ -467,3 +467,12 @@ def test_a_root_too_large_to_list_leaves_the_session_usable(
             s.download("nope", env.client)
         assert info.value.listing == []  # type: ignore[attr-defined]
         assert s.download("hello.txt", env.client).size == 13
+
+    async def main() -> object:
+        async with await aconnect(
+            "127.0.0.1", srv.port, user=ALICE[0], password=ALICE[1],
+            known_hosts=env.known_hosts,
+        ) as a:  # fmt: skip
+            return a.listing_error
+
+    assert isinstance(asyncio.run(main()), TooLarge)
