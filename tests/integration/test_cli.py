@@ -423,16 +423,22 @@ def test_user_added_can_log_in(start_server: Callable[..., ServerThread], env: E
     assert r.returncode == 0, r.stderr
 
 
+def _client_piped(env: Env, srv: ServerThread, name: str) -> subprocess.CompletedProcess[str]:
+    """``tcpft client`` in a session of its own (no terminal), answering user, password
+    and one file name from a pipe."""
+    return subprocess.run(
+        [sys.executable, "-m", "tcpft", "client", "127.0.0.1", str(srv.port),
+         "--fingerprint", srv.fingerprint],
+        env=cli_env(env, None), cwd=env.client, input=f"{ALICE[0]}\n{ALICE[1]}\n{name}\n",
+        capture_output=True, text=True, timeout=45, start_new_session=True,
+    )  # fmt: skip
+
+
 def test_interactive_client_with_piped_input_and_no_terminal(
     server: ServerThread, env: Env
 ) -> None:
     """Without a terminal the password is read from stdin, with no Python warning."""
-    r = subprocess.run(
-        [sys.executable, "-m", "tcpft", "client", "127.0.0.1", str(server.port),
-         "--fingerprint", server.fingerprint],
-        env=cli_env(env, None), cwd=env.client, input=f"{ALICE[0]}\n{ALICE[1]}\nhello.txt\n",
-        capture_output=True, text=True, timeout=45, start_new_session=True,
-    )  # fmt: skip
+    r = _client_piped(env, server, "hello.txt")
     assert "Warning" not in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert (env.client / "hello.txt").read_text() == "hello, world\n"
 
@@ -442,12 +448,7 @@ def test_interactive_client_of_a_root_too_large_to_list(
 ) -> None:
     """No listing after login (TOO_LARGE): said once, and a name still downloads."""
     srv = start_server(max_list_entries=2)
-    r = subprocess.run(
-        [sys.executable, "-m", "tcpft", "client", "127.0.0.1", str(srv.port),
-         "--fingerprint", srv.fingerprint],
-        env=cli_env(env, None), cwd=env.client, input=f"{ALICE[0]}\n{ALICE[1]}\nhello.txt\n",
-        capture_output=True, text=True, timeout=45, start_new_session=True,
-    )  # fmt: skip
+    r = _client_piped(env, srv, "hello.txt")
     assert r.returncode == 0, r.stderr
     assert "no listing: listing exceeds 2 entries" in r.stderr and "Traceback" not in r.stderr
     assert (env.client / "hello.txt").read_text() == "hello, world\n"
